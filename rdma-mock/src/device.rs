@@ -186,9 +186,20 @@ pub(crate) struct DeviceShared {
     pub(crate) registry: Arc<Registry>,
     pub(crate) listener: Listener,
     next_qpn: AtomicU32,
+    next_key_tag: AtomicU32,
 }
 
 impl DeviceShared {
+    /// The high bits of the next region key: non-zero, unique across the device's domains.
+    pub(crate) fn next_key_tag(&self) -> u32 {
+        let tag = self.next_key_tag.fetch_add(1, Ordering::Relaxed) & ((1 << 20) - 1);
+        if tag == 0 {
+            self.next_key_tag.fetch_add(1, Ordering::Relaxed) & ((1 << 20) - 1)
+        } else {
+            tag
+        }
+    }
+
     pub(crate) fn address(&self) -> String {
         match &self.listener {
             Listener::Shm(agent) => agent.address(),
@@ -222,6 +233,7 @@ impl Device {
                 registry,
                 listener,
                 next_qpn: AtomicU32::new(1),
+                next_key_tag: AtomicU32::new(1),
             }),
         })
     }

@@ -100,8 +100,6 @@ pub(crate) struct Arena {
 struct Allocator {
     /// Free ranges `(offset, len)`, sorted by offset, never adjacent.
     free: Vec<(usize, usize)>,
-    /// Generation of each table slot, so that a reused slot gets a new key.
-    generations: Vec<u32>,
     used_slots: Vec<bool>,
 }
 
@@ -118,7 +116,6 @@ impl Arena {
             map: Arc::new(map),
             alloc: Mutex::new(Allocator {
                 free: vec![(TABLE_BYTES, size - TABLE_BYTES)],
-                generations: vec![0; MAX_REGIONS],
                 used_slots: vec![false; MAX_REGIONS],
             }),
         })
@@ -133,7 +130,16 @@ impl Arena {
     }
 
     /// Allocates and publishes a region; returns `(key, base address, arena offset)`.
-    fn register(&self, len: usize, access: Access) -> Result<(u32, u64, usize), AllocError> {
+    ///
+    /// `tag` fills the key's high bits: the caller draws it from a device-wide counter, so a
+    /// key is never valid in two protection domains, nor again after its region is gone
+    /// (until the 20-bit counter wraps).
+    fn register(
+        &self,
+        len: usize,
+        access: Access,
+        tag: u32,
+    ) -> Result<(u32, u64, usize), AllocError> {
         if len == 0 {
             return Err(AllocError::EmptyRegion);
         }
@@ -157,12 +163,7 @@ impl Arena {
             alloc.free[pos] = (offset + rounded, free_len - rounded);
         }
         alloc.used_slots[slot] = true;
-        alloc.generations[slot] =
-            alloc.generations[slot].wrapping_add(1) & ((1 << (32 - INDEX_BITS)) - 1);
-        if alloc.generations[slot] == 0 {
-            alloc.generations[slot] = 1;
-        }
-        let key = (alloc.generations[slot] << INDEX_BITS) | slot as u32;
+        let key = (tag << INDEX_BITS) | slot as u32;
         let base = self.map.as_ptr() as u64 + offset as u64;
         let entry = self.view().entry(key);
         entry.access.store(access.bits(), Ordering::Relaxed);
@@ -224,7 +225,7 @@ impl MemoryRegion {
         len: usize,
         access: Access,
     ) -> Result<Self, AllocError> {
-        let (key, base, offset) = pd.arena.register(len, access)?;
+        let (key, base, offset) = pd.arena.register(len, access, pd.device.next_key_tag())?;
         Ok(Self {
             pd,
             key,
