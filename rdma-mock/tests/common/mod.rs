@@ -125,6 +125,9 @@ pub const ROLE_VAR: &str = "RDMA_MOCK_TEST_ROLE";
 /// Lines of the child protocol start with this, so libtest's own output is skipped.
 pub const LINE_TAG: &str = "@@ ";
 
+/// Longest a child process may live.
+pub const CHILD_LIMIT: Duration = Duration::from_secs(60);
+
 /// A child process running `role` of this test binary (its `child_main` test).
 pub struct Peer {
     pub child: Child,
@@ -136,15 +139,30 @@ impl Peer {
     pub fn spawn(role: &str, args: &[(&str, String)]) -> Peer {
         let exe = std::env::current_exe().expect("current exe");
         let mut cmd = Command::new(exe);
-        cmd.args(["child_main", "--exact", "--nocapture", "--test-threads=1"])
-            .env(ROLE_VAR, role)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "child_main",
+            "--exact",
+            "--nocapture",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(ROLE_VAR, role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         for (k, v) in args {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn child");
+        // Watchdog: a child that hangs is killed, so the parent's read ends instead of hanging.
+        let pid = child.id().to_string();
+        std::thread::spawn(move || {
+            std::thread::sleep(CHILD_LIMIT);
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid])
+                .stderr(Stdio::null())
+                .status();
+        });
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         Peer {
@@ -161,8 +179,9 @@ impl Peer {
             line.clear();
             let n = self.stdout.read_line(&mut line).expect("read child stdout");
             assert!(n > 0, "child exited before answering");
-            if let Some(rest) = line.strip_prefix(LINE_TAG) {
-                return rest.trim_end().to_string();
+            // libtest may have printed "test child_main ... " on the same line first.
+            if let Some(pos) = line.find(LINE_TAG) {
+                return line[pos + LINE_TAG.len()..].trim_end().to_string();
             }
         }
     }

@@ -1,0 +1,546 @@
+//! The same semantics across two (or more) processes: every operation, the error cases, a
+//! peer killed mid-stream, and atomics from several processes on one word.
+//!
+//! Children are this test binary re-run with `RDMA_MOCK_TEST_ROLE` set (see `child_main`);
+//! they talk to the parent in JSON lines over stdin and stdout.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdma_mock::*;
+use serde::{Deserialize, Serialize};
+
+macro_rules! on_both_fabrics {
+    ($($name:ident),* $(,)?) => {
+        mod shm { $( #[test] fn $name() { super::$name(rdma_mock::Fabric::Shm) } )* }
+        mod tcp { $( #[test] fn $name() { super::$name(rdma_mock::Fabric::Tcp) } )* }
+    };
+}
+
+on_both_fabrics!(
+    operations_across_processes,
+    errors_across_processes,
+    killed_peer_flushes_outstanding_work,
+    atomics_from_several_processes_are_exact,
+);
+
+/// Where the responder keeps its receive buffers (1 KiB each) in its region.
+const RECV_BASE: usize = 32 * 1024;
+const REGION_LEN: usize = 64 * 1024;
+
+#[derive(Serialize, Deserialize, Debug)]
+struct Hello {
+    endpoint: Endpoint,
+    region: RegionInfo,
+}
+
+/// A receive completion as the responder reports it.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+struct Wc {
+    wr_id: u64,
+    status: String,
+    opcode: String,
+    byte_len: u32,
+    imm: Option<u32>,
+}
+
+fn quick_rnr() -> QpConfig {
+    QpConfig {
+        rnr_retry: 2,
+        rnr_timer: Duration::from_millis(2),
+        ..QpConfig::default()
+    }
+}
+
+/// Starts a responder child with `recvs` receives posted and connects to it.
+fn connect_responder(fabric: Fabric, recvs: usize) -> (Side, Peer, RegionInfo) {
+    let mut side = Side::new(fabric, quick_rnr());
+    let mut peer = Peer::spawn(
+        "responder",
+        &[("FABRIC", fabric.to_string()), ("RECVS", recvs.to_string())],
+    );
+    let hello: Hello = peer.recv_json();
+    let local = side.region(64);
+    peer.send_json(&Hello {
+        endpoint: side.qp.endpoint(),
+        region: RegionInfo::of(&local),
+    });
+    side.qp
+        .connect(&hello.endpoint)
+        .expect("connect to responder");
+    assert_eq!(peer.recv(), "connected");
+    (side, peer, hello.region)
+}
+
+fn dump(peer: &mut Peer, offset: usize, len: usize) -> Vec<u8> {
+    peer.send(&format!("dump {offset} {len}"));
+    peer.recv_json()
+}
+
+fn operations_across_processes(fabric: Fabric) {
+    let (mut a, mut peer, region) = connect_responder(fabric, 4);
+    let local = a.region(8192);
+
+    // WRITE.
+    local.write(0, &pattern(1000, 5));
+    a.post(SendWr::new(
+        1,
+        SendOp::Write {
+            remote: region.at(0),
+        },
+        &[local.sge(0, 1000)],
+    ));
+    assert_eq!(
+        (a.next_wc().wr_id, dump(&mut peer, 0, 1000)),
+        (1, pattern(1000, 5))
+    );
+
+    // WRITE_WITH_IMM: the responder's receive completes with the immediate.
+    a.post(SendWr::inline(
+        2,
+        SendOp::WriteWithImm {
+            remote: region.at(2000),
+            imm: 0xabcd,
+        },
+        b"imm-data",
+    ));
+    assert!(a.next_wc().is_ok());
+    let wc: Wc = peer.recv_json();
+    assert_eq!(
+        (wc.wr_id, wc.opcode.as_str(), wc.byte_len, wc.imm),
+        (0, "RecvRdmaWithImm", 8, Some(0xabcd))
+    );
+    assert_eq!(dump(&mut peer, 2000, 8), b"imm-data");
+
+    // SEND into the next receive's buffer.
+    local.write(4096, &pattern(300, 9));
+    a.post(SendWr::new(
+        3,
+        SendOp::SendWithImm { imm: 7 },
+        &[local.sge(4096, 300)],
+    ));
+    assert!(a.next_wc().is_ok());
+    let wc: Wc = peer.recv_json();
+    assert_eq!(
+        (
+            wc.wr_id,
+            wc.status.as_str(),
+            wc.opcode.as_str(),
+            wc.byte_len,
+            wc.imm
+        ),
+        (1, "Success", "Recv", 300, Some(7))
+    );
+    assert_eq!(dump(&mut peer, RECV_BASE + 1024, 300), pattern(300, 9));
+
+    // READ back what the WRITE put there.
+    a.post(SendWr::new(
+        4,
+        SendOp::Read {
+            remote: region.at(0),
+        },
+        &[local.sge(2048, 1000)],
+    ));
+    assert_eq!(a.next_wc().byte_len, 1000);
+    assert_eq!(&local.to_vec()[2048..3048], &pattern(1000, 5)[..]);
+
+    // Atomics.
+    a.post(SendWr::new(
+        5,
+        SendOp::FetchAdd {
+            remote: region.at(8192),
+            add: 40,
+        },
+        &[local.sge(0, 8)],
+    ));
+    assert!(a.next_wc().is_ok());
+    a.post(SendWr::new(
+        6,
+        SendOp::CmpSwap {
+            remote: region.at(8192),
+            compare: 40,
+            swap: 2,
+        },
+        &[local.sge(8, 8)],
+    ));
+    assert!(a.next_wc().is_ok());
+    assert_eq!(local.atomic_u64(0).load(Ordering::SeqCst), 0);
+    assert_eq!(local.atomic_u64(8).load(Ordering::SeqCst), 40);
+    assert_eq!(dump(&mut peer, 8192, 8), 2u64.to_le_bytes());
+
+    peer.send("quit");
+    peer.wait_success();
+}
+
+fn errors_across_processes(fabric: Fabric) {
+    // Bad rkey: refused, and the target's memory is untouched.
+    let (mut a, mut peer, region) = connect_responder(fabric, 1);
+    let bad = RemoteAddr {
+        addr: region.addr,
+        rkey: region.rkey ^ 0x7000,
+    };
+    a.post(SendWr::inline(1, SendOp::Write { remote: bad }, b"forged"));
+    assert_eq!(a.next_wc().status, WcStatus::RemoteAccessError);
+    a.post(SendWr::inline(
+        2,
+        SendOp::Write {
+            remote: region.at(0),
+        },
+        b"after",
+    ));
+    assert_eq!(a.next_wc().status, WcStatus::WrFlushError);
+    assert!(
+        dump(&mut peer, 0, 64).iter().all(|&x| x == 0),
+        "target memory changed"
+    );
+
+    // Out of bounds, by one byte.
+    let (mut a, mut peer, region) = connect_responder(fabric, 1);
+    a.post(SendWr::inline(
+        1,
+        SendOp::Write {
+            remote: region.at(REGION_LEN - 3),
+        },
+        b"four",
+    ));
+    assert_eq!(a.next_wc().status, WcStatus::RemoteAccessError);
+    assert!(
+        dump(&mut peer, REGION_LEN - 64, 64).iter().all(|&x| x == 0),
+        "target memory changed"
+    );
+
+    // Receiver not ready: one receive posted, the second message finds none.
+    let (mut a, mut peer, region) = connect_responder(fabric, 1);
+    a.post(SendWr::inline(
+        1,
+        SendOp::WriteWithImm {
+            remote: region.at(0),
+            imm: 1,
+        },
+        b"one",
+    ));
+    a.post(SendWr::inline(
+        2,
+        SendOp::WriteWithImm {
+            remote: region.at(8),
+            imm: 2,
+        },
+        b"two",
+    ));
+    assert!(a.next_wc().is_ok());
+    assert_eq!(a.next_wc().status, WcStatus::RnrRetryExceeded);
+    let wc: Wc = peer.recv_json();
+    assert_eq!(wc.imm, Some(1));
+    assert_eq!(dump(&mut peer, 8, 3), [0, 0, 0]);
+}
+
+fn killed_peer_flushes_outstanding_work(fabric: Fabric) {
+    let mut a = Side::new(fabric, QpConfig::default());
+    let target = a.region(4096);
+    let mut peer = Peer::spawn("streamer", &[("FABRIC", fabric.to_string())]);
+    let hello: Hello = peer.recv_json();
+    peer.send_json(&Hello {
+        endpoint: a.qp.endpoint(),
+        region: RegionInfo::of(&target),
+    });
+    a.qp.connect(&hello.endpoint).expect("connect");
+    const POSTED: u64 = 32;
+    for id in 0..POSTED {
+        a.post_recv(id, &[]);
+    }
+    // Take a stream of messages, reposting, then kill the sender mid-stream.
+    let mut next_id = POSTED;
+    let mut received = 0;
+    while received < 200 {
+        let wc = a.next_wc();
+        assert!(wc.is_ok(), "{wc:?}");
+        received += 1;
+        a.post_recv(next_id, &[]);
+        next_id += 1;
+    }
+    let local = a.region(64);
+    if fabric == Fabric::Tcp {
+        // Freeze the peer so a READ stays outstanding, then kill it.
+        let pid = peer.child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .expect("kill")
+            .success());
+        a.post(SendWr::new(
+            999,
+            SendOp::Read {
+                remote: hello.region.at(0),
+            },
+            &[local.sge(0, 8)],
+        ));
+    }
+    peer.kill();
+    let killed_at = Instant::now();
+    // Every receive still posted completes, in order: a few delivered by messages that were
+    // in flight, then the rest flushed; the outstanding READ completes too. A blocking wait
+    // wakes for them.
+    let mut expect = received;
+    let mut flushing = false;
+    let mut read_status = None;
+    let mut wc = [WorkCompletion::default(); 16];
+    while expect < next_id || (fabric == Fabric::Tcp && read_status.is_none()) {
+        let n =
+            a.cq.wait(&mut wc, Some(Duration::from_secs(5)))
+                .expect("outstanding work hangs after the kill");
+        for w in &wc[..n] {
+            if w.wr_id == 999 {
+                read_status = Some(w.status);
+                continue;
+            }
+            assert_eq!(w.wr_id, expect, "receive completions out of order");
+            expect += 1;
+            flushing |= w.status == WcStatus::WrFlushError;
+            assert_eq!(
+                w.status,
+                if flushing {
+                    WcStatus::WrFlushError
+                } else {
+                    WcStatus::Success
+                },
+                "{w:?}"
+            );
+        }
+    }
+    assert!(killed_at.elapsed() < Duration::from_secs(5));
+    if let Some(status) = read_status {
+        assert_eq!(status, WcStatus::RetryExceeded);
+    }
+    assert_eq!(a.qp.state(), QpState::Error);
+    // New work towards the dead peer fails at once.
+    a.post(SendWr::inline(
+        1000,
+        SendOp::Write {
+            remote: hello.region.at(0),
+        },
+        b"x",
+    ));
+    let w = a.next_wc();
+    assert!(
+        matches!(w.status, WcStatus::WrFlushError | WcStatus::RetryExceeded),
+        "{w:?}"
+    );
+}
+
+fn atomics_from_several_processes_are_exact(fabric: Fabric) {
+    const CHILDREN: usize = 3;
+    const ITERS: u64 = 500;
+    let dev = Device::open(DeviceConfig::new(fabric)).expect("device");
+    let pd = dev.alloc_pd().expect("pd");
+    let cq = dev.create_cq(None).expect("cq");
+    let counters = pd.register(64, Access::ALL).expect("region");
+    let mut peers = Vec::new();
+    let mut qps = Vec::new();
+    for _ in 0..CHILDREN {
+        let mut qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let mut peer = Peer::spawn(
+            "adder",
+            &[("FABRIC", fabric.to_string()), ("ITERS", ITERS.to_string())],
+        );
+        let hello: Hello = peer.recv_json();
+        peer.send_json(&Hello {
+            endpoint: qp.endpoint(),
+            region: RegionInfo::of(&counters),
+        });
+        qp.connect(&hello.endpoint).expect("connect adder");
+        peers.push(peer);
+        qps.push(qp);
+    }
+    for peer in &mut peers {
+        peer.send("go");
+    }
+    let mut olds = Vec::new();
+    for peer in &mut peers {
+        let mine: Vec<u64> = peer.recv_json();
+        assert_eq!(mine.len() as u64, ITERS);
+        olds.extend(mine);
+        peer.wait_success();
+    }
+    let total = CHILDREN as u64 * ITERS;
+    assert_eq!(
+        counters.atomic_u64(0).load(Ordering::SeqCst),
+        total,
+        "FETCH_ADD total"
+    );
+    assert_eq!(
+        counters.atomic_u64(8).load(Ordering::SeqCst),
+        total,
+        "CMP_SWAP increments total"
+    );
+    // Every old value FETCH_ADD returned is distinct: each add saw its own predecessor.
+    olds.sort_unstable();
+    assert_eq!(olds, (0..total).collect::<Vec<_>>());
+}
+
+// ---- child roles ----------------------------------------------------------------------------
+
+/// Entry point of child processes; ignored in normal runs.
+#[test]
+#[ignore = "entry point of child processes, run by the other tests"]
+fn child_main() {
+    let role = std::env::var(ROLE_VAR).expect("run by the tests with a role");
+    match role.as_str() {
+        "responder" => responder(),
+        "streamer" => streamer(),
+        "adder" => adder(),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn child_side() -> (Side, MemoryRegion) {
+    let side = Side::new(fabric_from_env(), quick_rnr());
+    let region = side.pd.register(REGION_LEN, Access::ALL).expect("region");
+    (side, region)
+}
+
+fn child_connect(side: &mut Side, region: &MemoryRegion) -> Hello {
+    say_json(&Hello {
+        endpoint: side.qp.endpoint(),
+        region: RegionInfo::of(region),
+    });
+    let parent: Hello = hear_json();
+    side.qp.connect(&parent.endpoint).expect("child connect");
+    parent
+}
+
+/// Posts `RECVS` receives, reports every completion, and answers `dump` and `quit`.
+fn responder() {
+    let (mut side, region) = child_side();
+    let recvs: usize = std::env::var("RECVS")
+        .expect("RECVS")
+        .parse()
+        .expect("RECVS");
+    for i in 0..recvs {
+        side.post_recv(i as u64, &[region.sge(RECV_BASE + i * 1024, 1024)]);
+    }
+    child_connect(&mut side, &region);
+    say("connected");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || loop {
+        let line = hear();
+        let quit = line == "quit" || line.is_empty();
+        if tx.send(line).is_err() || quit {
+            return;
+        }
+    });
+    let mut wc = [WorkCompletion::default(); 8];
+    loop {
+        let n = side.cq.poll(&mut wc);
+        for w in &wc[..n] {
+            say_json(&Wc {
+                wr_id: w.wr_id,
+                status: format!("{:?}", w.status),
+                opcode: format!("{:?}", w.opcode),
+                byte_len: w.byte_len,
+                imm: w.imm,
+            });
+        }
+        match rx.try_recv() {
+            Ok(line) if line.starts_with("dump ") => {
+                let mut parts = line
+                    .split_whitespace()
+                    .skip(1)
+                    .map(|x| x.parse::<usize>().expect("number"));
+                let (offset, len) = (parts.next().expect("offset"), parts.next().expect("len"));
+                let mut out = vec![0u8; len];
+                region.read(offset, &mut out);
+                say_json(&out);
+            }
+            Ok(line) if line == "quit" || line.is_empty() => return,
+            Ok(other) => panic!("unknown command {other}"),
+            Err(mpsc::TryRecvError::Empty) => std::thread::sleep(Duration::from_micros(200)),
+            Err(mpsc::TryRecvError::Disconnected) => return,
+        }
+    }
+}
+
+/// Sends WRITE_WITH_IMM to the parent forever (until killed), pacing itself by the
+/// parent's receives (it retries patiently when none is posted).
+fn streamer() {
+    let (mut side, region) = child_side();
+    let patient = QpConfig {
+        rnr_retry: 7,
+        rnr_timer: Duration::from_millis(50),
+        ..QpConfig::default()
+    };
+    side.qp = side.pd.create_qp(&side.cq, &side.cq, patient).expect("qp");
+    let parent = child_connect(&mut side, &region);
+    let mut i = 0u64;
+    loop {
+        let bytes = i.to_le_bytes();
+        let mut wr = SendWr::inline(
+            i,
+            SendOp::WriteWithImm {
+                remote: parent.region.at(0),
+                imm: i as u32,
+            },
+            &bytes,
+        );
+        wr.signaled = i % 8 == 0;
+        side.post(wr);
+        if wr.signaled {
+            let wc = side.next_wc();
+            assert!(wc.is_ok(), "streamer: {wc:?}");
+        }
+        i += 1;
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Adds 1 `ITERS` times with FETCH_ADD to word 0 and with a CMP_SWAP loop to word 1 of the
+/// parent's region; reports the old values FETCH_ADD returned.
+fn adder() {
+    let (mut side, region) = child_side();
+    let iters: u64 = std::env::var("ITERS")
+        .expect("ITERS")
+        .parse()
+        .expect("ITERS");
+    let parent = child_connect(&mut side, &region);
+    assert_eq!(hear(), "go");
+    let mut olds = Vec::with_capacity(iters as usize);
+    for i in 0..iters {
+        side.post(SendWr::new(
+            i,
+            SendOp::FetchAdd {
+                remote: parent.region.at(0),
+                add: 1,
+            },
+            &[region.sge(0, 8)],
+        ));
+        assert!(side.next_wc().is_ok());
+        olds.push(region.atomic_u64(0).load(Ordering::SeqCst));
+    }
+    let word = parent.region.at(8);
+    let mut seen = 0u64;
+    for _ in 0..iters {
+        loop {
+            side.post(SendWr::new(
+                0,
+                SendOp::CmpSwap {
+                    remote: word,
+                    compare: seen,
+                    swap: seen + 1,
+                },
+                &[region.sge(8, 8)],
+            ));
+            assert!(side.next_wc().is_ok());
+            let old = region.atomic_u64(8).load(Ordering::SeqCst);
+            if old == seen {
+                seen += 1;
+                break;
+            }
+            seen = old;
+        }
+    }
+    say_json(&olds);
+}
