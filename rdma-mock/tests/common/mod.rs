@@ -125,14 +125,12 @@ pub const ROLE_VAR: &str = "RDMA_MOCK_TEST_ROLE";
 /// Lines of the child protocol start with this, so libtest's own output is skipped.
 pub const LINE_TAG: &str = "@@ ";
 
-/// Longest a child process may live.
-pub const CHILD_LIMIT: Duration = Duration::from_secs(60);
-
 /// A child process running `role` of this test binary (its `child_main` test).
 pub struct Peer {
     pub child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    /// Tagged lines from the child, read by a thread so that waiting can time out.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Peer {
@@ -154,34 +152,26 @@ impl Peer {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn child");
-        // Watchdog: a child that hangs is killed, so the parent's read ends instead of hanging.
-        let pid = child.id().to_string();
-        std::thread::spawn(move || {
-            std::thread::sleep(CHILD_LIMIT);
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid])
-                .stderr(Stdio::null())
-                .status();
-        });
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || forward_tagged_lines(stdout, tx));
         Peer {
             child,
             stdin,
-            stdout,
+            lines,
         }
     }
 
-    /// The next tagged line from the child.
+    /// The next tagged line from the child (panics after [`TIMEOUT`] or if it exited).
     pub fn recv(&mut self) -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self.stdout.read_line(&mut line).expect("read child stdout");
-            assert!(n > 0, "child exited before answering");
-            // libtest may have printed "test child_main ... " on the same line first.
-            if let Some(pos) = line.find(LINE_TAG) {
-                return line[pos + LINE_TAG.len()..].trim_end().to_string();
+        match self.lines.recv_timeout(TIMEOUT) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("child said nothing for {TIMEOUT:?}")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("child exited before answering")
             }
         }
     }
@@ -209,6 +199,22 @@ impl Peer {
     pub fn wait_success(&mut self) {
         let status = self.child.wait().expect("wait child");
         assert!(status.success(), "child failed: {status}");
+    }
+}
+
+fn forward_tagged_lines(mut stdout: BufReader<ChildStdout>, tx: std::sync::mpsc::Sender<String>) {
+    let mut line = String::new();
+    while matches!(stdout.read_line(&mut line), Ok(n) if n > 0) {
+        // libtest may have printed "test child_main ... " on the same line first.
+        if let Some(pos) = line.find(LINE_TAG) {
+            if tx
+                .send(line[pos + LINE_TAG.len()..].trim_end().to_string())
+                .is_err()
+            {
+                return;
+            }
+        }
+        line.clear();
     }
 }
 
