@@ -132,15 +132,16 @@ impl Registry {
             .remove(&qpn);
     }
 
-    /// Hands a link made by an agent to the QP's `connect`. Refused if one is waiting already.
-    pub(crate) fn offer(&self, qpn: u32, accepted: Accepted) -> Result<(), Accepted> {
+    /// Hands a link made by an agent to the QP's `connect`. Returns false (and drops the
+    /// link, closing its connection) if one is waiting already.
+    pub(crate) fn offer(&self, qpn: u32, accepted: Accepted) -> bool {
         let mut map = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
         if map.contains_key(&qpn) {
-            return Err(accepted);
+            return false;
         }
         map.insert(qpn, accepted);
         self.accepted_cv.notify_all();
-        Ok(())
+        true
     }
 
     /// Waits for the link an agent made for `qpn` from the expected peer.

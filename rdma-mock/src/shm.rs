@@ -617,7 +617,7 @@ impl AgentLoop {
             peer_qpn: hello.qpn,
             link: Link::Shm(link),
         };
-        if self.registry.offer(qp.qpn, accepted).is_err() {
+        if !self.registry.offer(qp.qpn, accepted) {
             return refuse(format!(
                 "queue pair {} is already being connected",
                 hello.to_qpn

@@ -266,12 +266,9 @@ fn killed_peer_flushes_outstanding_work(fabric: Fabric) {
     let local = a.region(64);
     if fabric == Fabric::Tcp {
         // Freeze the peer so a READ stays outstanding, then kill it.
-        let pid = peer.child.id().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .expect("kill")
-            .success());
+        // SAFETY: sends SIGSTOP to our own child, whose pid stays ours until we reap it.
+        let rc = unsafe { libc::kill(peer.child.id() as libc::pid_t, libc::SIGSTOP) };
+        assert_eq!(rc, 0, "SIGSTOP failed");
         a.post(SendWr::new(
             999,
             SendOp::Read {
