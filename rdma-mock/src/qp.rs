@@ -1,7 +1,7 @@
 //! Reliable-connection queue pairs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::cq::{CqShared, Source};
 use crate::device::{Endpoint, PdShared};
@@ -22,8 +22,6 @@ pub(crate) struct QpShared {
     /// Number of the next receive completion to poll (advanced by the recv CQ only).
     rq_polled: AtomicU64,
     pub(crate) send_ring: SendRing,
-    /// Serialises producers of `send_ring` on tcp (the poster and the progress thread).
-    pub(crate) producer: Mutex<()>,
     pub(crate) send_cq: Arc<CqShared>,
     pub(crate) recv_cq: Arc<CqShared>,
     pub(crate) pd: Arc<PdShared>,
@@ -163,7 +161,6 @@ impl QueuePair {
             rq,
             rq_polled: AtomicU64::new(0),
             send_ring: SendRing::new(config.max_send_wr),
-            producer: Mutex::new(()),
             send_cq: send_cq.clone(),
             recv_cq: recv_cq.clone(),
             pd,

@@ -243,8 +243,9 @@ impl RecvQueue {
 }
 
 /// Single-producer single-consumer ring of send completions. The producer side is used by
-/// one thread at a time (the poster on shm; on tcp the progress thread and the poster take
-/// a lock around it), the consumer side by the completion queue's poller.
+/// one thread at a time (the poster on shm; on tcp the progress thread and the poster, under
+/// the connection's outstanding-requests lock), the consumer side by the completion queue's
+/// poller.
 pub(crate) struct SendRing {
     slots: Box<[UnsafeCell<WorkCompletion>]>,
     mask: u64,

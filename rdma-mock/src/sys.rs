@@ -197,6 +197,26 @@ pub(crate) fn poll_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
     }
 }
 
+/// Sends what the socket takes of `data` without waiting (`MSG_DONTWAIT`): the number of
+/// bytes sent, or `WouldBlock` when its buffer is full.
+pub(crate) fn send_nonblocking(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: sends from a live buffer of data.len() bytes; MSG_NOSIGNAL turns a closed peer
+    // into EPIPE instead of a signal.
+    let n = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Sends `data` with up to [`MAX_FDS`] file descriptors attached (SCM_RIGHTS).
 pub(crate) fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     assert!(fds.len() <= MAX_FDS);

@@ -11,14 +11,22 @@
 //! refusing a request the target drops the rest of the stream (go-back-N without retry), and
 //! the initiator flushes everything it had outstanding behind it.
 //!
+//! Writing: the progress thread is the only reader of the socket, so it must never wait for a
+//! write, or two peers that both fill their sockets would each wait for the other to read.
+//! It writes a response only if it can take the writer lock at once and the socket takes the
+//! bytes without blocking; what is left goes to a backlog that a flusher thread (or the next
+//! request) writes out. Whoever holds the writer lock writes the backlog before its own frame,
+//! so frames never interleave and responses keep their order.
+//!
 //! Wire format (little endian): a request is a 48-byte header plus `len` payload bytes, a
 //! response a 24-byte header plus `len` bytes (READ data or an atomic's old value).
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -92,15 +100,17 @@ impl Request {
         }
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&[FRAME_REQUEST, self.op, self.flags, 0]);
-        out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&self.seq.to_le_bytes());
-        out.extend_from_slice(&self.remote.addr.to_le_bytes());
-        out.extend_from_slice(&self.remote.rkey.to_le_bytes());
-        out.extend_from_slice(&self.imm.to_le_bytes());
-        out.extend_from_slice(&self.operand1.to_le_bytes());
-        out.extend_from_slice(&self.operand2.to_le_bytes());
+    fn encode(&self) -> [u8; REQ_LEN] {
+        let mut b = [0u8; REQ_LEN];
+        b[..4].copy_from_slice(&[FRAME_REQUEST, self.op, self.flags, 0]);
+        b[4..8].copy_from_slice(&self.len.to_le_bytes());
+        b[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        b[16..24].copy_from_slice(&self.remote.addr.to_le_bytes());
+        b[24..28].copy_from_slice(&self.remote.rkey.to_le_bytes());
+        b[28..32].copy_from_slice(&self.imm.to_le_bytes());
+        b[32..40].copy_from_slice(&self.operand1.to_le_bytes());
+        b[40..48].copy_from_slice(&self.operand2.to_le_bytes());
+        b
     }
 
     /// Decodes the header after its first byte (the frame type).
@@ -142,9 +152,14 @@ struct Outstanding {
     scatter: Scatter,
 }
 
-/// State of a connection shared by the poster and the progress thread.
+/// State of a connection shared by the poster, the progress thread and the flusher.
 struct Conn {
     writer: Mutex<Writer>,
+    /// Responses the progress thread made but could not hand to the socket without waiting.
+    replies: Mutex<Replies>,
+    replies_ready: Condvar,
+    /// Our requests awaiting acknowledgement. Its lock is also the producer lock of the QP's
+    /// send-completion ring, which the poster and the progress thread both fill.
     outstanding: Mutex<VecDeque<Outstanding>>,
     closed: AtomicBool,
     stream: TcpStream,
@@ -152,17 +167,112 @@ struct Conn {
 
 struct Writer {
     stream: TcpStream,
-    buf: Vec<u8>,
+    /// Bytes that must go out before anything else (a partly written response included).
+    backlog: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Replies {
+    bytes: Vec<u8>,
+    /// The flusher has work: bytes here or in the writer's backlog.
+    pending: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Conn {
-    /// Sends one frame built by `build` into the reusable buffer.
-    fn send(&self, build: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let Writer { stream, buf } = &mut *w;
-        buf.clear();
-        build(buf);
-        stream.write_all(buf)
+    /// Writes a request frame (after any backlog). Called by the poster; may block.
+    fn send_request(&self, header: &[u8], payload: &[(*const u8, usize)]) -> io::Result<()> {
+        let mut w = lock(&self.writer);
+        self.take_replies(&mut w.backlog);
+        let Writer { stream, backlog } = &mut *w;
+        if !backlog.is_empty() {
+            stream.write_all(backlog)?;
+            backlog.clear();
+        }
+        let mut slices = [IoSlice::new(&[]); 1 + crate::MAX_SGE];
+        slices[0] = IoSlice::new(header);
+        for (slot, &(ptr, len)) in slices[1..].iter_mut().zip(payload) {
+            // SAFETY: each piece was resolved inside registered memory (or is the poster's
+            // inline slice) and stays valid until post_send returns, after this write.
+            *slot = IoSlice::new(unsafe { std::slice::from_raw_parts(ptr, len) });
+        }
+        let mut bufs = &mut slices[..1 + payload.len()];
+        while !bufs.is_empty() {
+            match stream.write_vectored(bufs) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a response and writes it if that needs no waiting. Called by the progress
+    /// thread, which must never block on the socket.
+    fn send_reply(&self, build: impl FnOnce(&mut Vec<u8>)) {
+        let mut replies = lock(&self.replies);
+        build(&mut replies.bytes);
+        let all_out = match self.writer.try_lock() {
+            Ok(mut w) => {
+                w.backlog.append(&mut replies.bytes);
+                let Writer { stream, backlog } = &mut *w;
+                let mut sent = 0;
+                while sent < backlog.len() {
+                    match crate::sys::send_nonblocking(stream.as_raw_fd(), &backlog[sent..]) {
+                        Ok(n) => sent += n,
+                        Err(_) => break, // full (or broken: the reader will see it)
+                    }
+                }
+                backlog.drain(..sent);
+                backlog.is_empty()
+            }
+            Err(_) => false,
+        };
+        if !all_out {
+            replies.pending = true;
+            self.replies_ready.notify_one();
+        }
+    }
+
+    fn take_replies(&self, backlog: &mut Vec<u8>) {
+        let mut replies = lock(&self.replies);
+        backlog.append(&mut replies.bytes);
+        replies.pending = false;
+    }
+
+    /// The flusher thread: writes out what the progress thread could not, blocking as needed.
+    fn flush_loop(&self) {
+        loop {
+            let mut replies = lock(&self.replies);
+            while !replies.pending && !self.closed.load(Ordering::Acquire) {
+                replies = self
+                    .replies_ready
+                    .wait(replies)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            drop(replies);
+            let mut w = lock(&self.writer);
+            self.take_replies(&mut w.backlog);
+            let Writer { stream, backlog } = &mut *w;
+            if stream.write_all(backlog).is_err() {
+                return; // the connection is gone; the reader notices and cleans up
+            }
+            backlog.clear();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let _replies = lock(&self.replies);
+        self.replies_ready.notify_all();
     }
 }
 
@@ -172,17 +282,13 @@ pub(crate) struct TcpLink {
     next_seq: u64,
     /// Unsignaled requests sent since the last one that asked for an acknowledgement.
     unacked_run: u32,
-    thread: Option<JoinHandle<()>>,
+    /// The progress thread and the flusher.
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl TcpLink {
     pub(crate) fn post_send(&mut self, qp: &QpShared, wr: &SendWr<'_>) -> Result<(), PostError> {
-        let _producer = qp.producer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut outstanding = self
-            .conn
-            .outstanding
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut outstanding = lock(&self.conn.outstanding);
         // Every outstanding request may still need a completion slot, and so may this one.
         if outstanding.len() as u64 + 1 > qp.send_ring.room()
             || outstanding.len() >= qp.config.max_send_wr as usize
@@ -240,16 +346,7 @@ impl TcpLink {
         });
         drop(outstanding);
         let request = Request::of(wr, seq, len, ack);
-        let sent = self.conn.send(|buf| {
-            request.encode(buf);
-            if !matches!(wr.op, SendOp::Read { .. }) {
-                for &(ptr, part) in gather.parts() {
-                    // SAFETY: each part was resolved inside registered memory (or is the
-                    // caller's inline slice) and stays valid for the duration of this call.
-                    buf.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, part) });
-                }
-            }
-        });
+        let sent = self.conn.send_request(&request.encode(), gather.parts());
         if sent.is_err() {
             connection_lost(&self.conn, qp);
         }
@@ -259,9 +356,9 @@ impl TcpLink {
 
 impl Drop for TcpLink {
     fn drop(&mut self) {
-        self.conn.closed.store(true, Ordering::Release);
-        let _ = self.conn.stream.shutdown(Shutdown::Both);
-        if let Some(thread) = self.thread.take() {
+        self.conn.close();
+        for thread in self.threads.drain(..) {
+            // The last handle of a device can be dropped on one of these threads.
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
@@ -277,8 +374,7 @@ fn connection_lost(conn: &Conn, qp: &QpShared) {
 }
 
 fn flush_outstanding(conn: &Conn, qp: &QpShared, first: WcStatus) {
-    let _producer = qp.producer.lock().unwrap_or_else(|e| e.into_inner());
-    let mut outstanding = conn.outstanding.lock().unwrap_or_else(|e| e.into_inner());
+    let mut outstanding = lock(&conn.outstanding);
     let mut status = first;
     while let Some(o) = outstanding.pop_front() {
         qp.push_send_completion(send_completion(qp, o.wr_id, o.op, status, 0));
@@ -290,14 +386,17 @@ fn flush_outstanding(conn: &Conn, qp: &QpShared, first: WcStatus) {
 struct Progress {
     conn: Arc<Conn>,
     qp: Arc<QpShared>,
-    reader: TcpStream,
+    reader: BufReader<TcpStream>,
     /// The peer's retry settings, for requests that find no receive posted.
     peer_config: QpConfig,
     /// Next receive of ours to consume.
     rq_next: u64,
     /// Set after we refused a request: the rest of the stream is dropped.
     refused: bool,
+    /// Payload of the frame being handled (reused).
     payload: Vec<u8>,
+    /// Data of a READ being answered (reused).
+    read_buf: Vec<u8>,
 }
 
 impl Progress {
@@ -310,6 +409,7 @@ impl Progress {
         } else {
             connection_lost(&self.conn, &self.qp);
         }
+        self.conn.close(); // and stop the flusher
     }
 
     fn serve(&mut self) -> io::Result<()> {
@@ -363,6 +463,13 @@ impl Progress {
             return Ok(());
         }
         let qp = &*self.qp;
+        if qp.state() == QpState::Error {
+            // A QP in error does not answer: the requester's transport times out.
+            self.refused = true;
+            self.conn
+                .send_reply(|b| encode_response(b, WcStatus::RetryExceeded, req.seq, &[]));
+            return Ok(());
+        }
         let cq = &qp.recv_cq;
         let mut target = Target {
             arena: qp.arena(),
@@ -374,7 +481,7 @@ impl Progress {
         let data = Gather::one(self.payload.as_ptr(), self.payload.len());
         let mut reply = [0u8; 8];
         let mut reply_len = 0;
-        let mut read_buf = Vec::new();
+        let read_buf = &mut self.read_buf;
         let conn = &self.conn;
         let still_there = || !conn.closed.load(Ordering::Relaxed);
         let result = match req.op {
@@ -420,27 +527,24 @@ impl Progress {
         match result {
             Ok(()) if req.op == 4 => self
                 .conn
-                .send(|b| encode_response(b, WcStatus::Success, req.seq, &read_buf)),
-            Ok(()) if req.flags & FLAG_ACK != 0 || reply_len > 0 => self
-                .conn
-                .send(|b| encode_response(b, WcStatus::Success, req.seq, &reply[..reply_len])),
-            Ok(()) => Ok(()),
+                .send_reply(|b| encode_response(b, WcStatus::Success, req.seq, read_buf)),
+            Ok(()) if req.flags & FLAG_ACK != 0 || reply_len > 0 => self.conn.send_reply(|b| {
+                encode_response(b, WcStatus::Success, req.seq, &reply[..reply_len])
+            }),
+            Ok(()) => {}
             Err(status) => {
                 self.refused = true;
-                self.conn.send(|b| encode_response(b, status, req.seq, &[]))
+                self.conn
+                    .send_reply(|b| encode_response(b, status, req.seq, &[]));
             }
         }
+        Ok(())
     }
 
     /// Completes our requests up to `seq` (a cumulative acknowledgement).
     fn response(&mut self, status: WcStatus, seq: u64) {
         let qp = &*self.qp;
-        let _producer = qp.producer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut outstanding = self
-            .conn
-            .outstanding
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut outstanding = lock(&self.conn.outstanding);
         while let Some(front) = outstanding.front() {
             if front.seq > seq {
                 break;
@@ -588,15 +692,17 @@ fn read_hello(mut stream: &TcpStream) -> io::Result<Result<Hello, String>> {
     Ok(Ok(hello))
 }
 
-/// Starts the progress thread of a connection and returns our link.
+/// Starts the progress and flusher threads of a connection and returns our link.
 fn start_link(stream: TcpStream, qp: &Arc<QpShared>, peer: &Hello) -> io::Result<TcpLink> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(None)?;
     let conn = Arc::new(Conn {
         writer: Mutex::new(Writer {
             stream: stream.try_clone()?,
-            buf: Vec::with_capacity(4096),
+            backlog: Vec::new(),
         }),
+        replies: Mutex::new(Replies::default()),
+        replies_ready: Condvar::new(),
         outstanding: Mutex::new(VecDeque::with_capacity(qp.config.max_send_wr as usize)),
         closed: AtomicBool::new(false),
         stream: stream.try_clone()?,
@@ -604,20 +710,27 @@ fn start_link(stream: TcpStream, qp: &Arc<QpShared>, peer: &Hello) -> io::Result
     let progress = Progress {
         conn: conn.clone(),
         qp: qp.clone(),
-        reader: stream,
+        reader: BufReader::with_capacity(64 * 1024, stream),
         peer_config: peer.peer_config(),
         rq_next: 0,
         refused: false,
         payload: Vec::with_capacity(4096),
+        read_buf: Vec::new(),
     };
-    let thread = std::thread::Builder::new()
-        .name(format!("rdma-mock-tcp-qp{}", qp.qpn))
-        .spawn(move || progress.run())?;
+    let flusher = conn.clone();
+    let threads = vec![
+        std::thread::Builder::new()
+            .name(format!("rdma-mock-tcp-qp{}", qp.qpn))
+            .spawn(move || progress.run())?,
+        std::thread::Builder::new()
+            .name(format!("rdma-mock-tcp-flush{}", qp.qpn))
+            .spawn(move || flusher.flush_loop())?,
+    ];
     Ok(TcpLink {
         conn,
         next_seq: 0,
         unacked_run: 0,
-        thread: Some(thread),
+        threads,
     })
 }
 
@@ -776,10 +889,7 @@ mod tests {
             operand1: 5,
             operand2: u64::MAX,
         };
-        let mut buf = Vec::new();
-        req.encode(&mut buf);
-        assert_eq!(buf.len(), REQ_LEN);
-        assert_eq!(Request::decode(&buf.try_into().unwrap()), req);
+        assert_eq!(Request::decode(&req.encode()), req);
     }
 
     #[test]

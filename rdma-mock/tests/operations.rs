@@ -790,3 +790,45 @@ fn many_messages_keep_order_and_ids(fabric: Fabric) {
         );
     }
 }
+
+/// Both sides stream large signaled writes at each other at once, so each side's progress
+/// thread must answer while its own application keeps the socket busy. A fabric whose reader
+/// blocks on writing while its peer does the same deadlocks here.
+#[test]
+fn tcp_large_writes_both_ways_at_once_do_not_deadlock() {
+    let (a, b) = pair(Fabric::Tcp);
+    let stream = |mut side: Side| {
+        std::thread::spawn(move || {
+            let src = side.region(1 << 20);
+            let dst = side.region(1 << 20);
+            (src, dst, side)
+        })
+        .join()
+        .expect("regions")
+    };
+    let (a_src, a_dst, mut a) = stream(a);
+    let (b_src, b_dst, mut b) = stream(b);
+    let (to_b, to_a) = (b_dst.remote(0), a_dst.remote(0));
+    let run = |side: &mut Side, src: &MemoryRegion, remote: RemoteAddr| {
+        for i in 0..64u64 {
+            side.post(SendWr::new(
+                i,
+                SendOp::Write { remote },
+                &[src.sge(0, 1 << 20)],
+            ));
+            // Keep 32 MiB in flight, far more than the sockets buffer.
+            if i % 32 == 31 {
+                for _ in 0..32 {
+                    assert!(side.next_wc().is_ok());
+                }
+            }
+        }
+    };
+    let t = std::thread::spawn(move || {
+        run(&mut b, &b_src, to_a);
+        (b, b_src, b_dst)
+    });
+    run(&mut a, &a_src, to_b);
+    drop(t.join().expect("other direction"));
+    drop((a_dst, a));
+}
