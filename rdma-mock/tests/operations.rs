@@ -332,7 +332,8 @@ fn out_of_bounds_is_a_remote_access_error(fabric: Fabric) {
 }
 
 fn missing_access_rights_are_refused(fabric: Fabric) {
-    let cases: [(Access, fn(&MemoryRegion) -> SendOp, usize); 3] = [
+    type Case = (Access, fn(&MemoryRegion) -> SendOp, usize);
+    let cases: [Case; 3] = [
         (
             Access::LOCAL_WRITE | Access::REMOTE_READ | Access::REMOTE_ATOMIC,
             |r| SendOp::Write {
@@ -796,18 +797,9 @@ fn many_messages_keep_order_and_ids(fabric: Fabric) {
 /// blocks on writing while its peer does the same deadlocks here.
 #[test]
 fn tcp_large_writes_both_ways_at_once_do_not_deadlock() {
-    let (a, b) = pair(Fabric::Tcp);
-    let stream = |mut side: Side| {
-        std::thread::spawn(move || {
-            let src = side.region(1 << 20);
-            let dst = side.region(1 << 20);
-            (src, dst, side)
-        })
-        .join()
-        .expect("regions")
-    };
-    let (a_src, a_dst, mut a) = stream(a);
-    let (b_src, b_dst, mut b) = stream(b);
+    let (mut a, mut b) = pair(Fabric::Tcp);
+    let (a_src, a_dst) = (a.region(1 << 20), a.region(1 << 20));
+    let (b_src, b_dst) = (b.region(1 << 20), b.region(1 << 20));
     let (to_b, to_a) = (b_dst.remote(0), a_dst.remote(0));
     let run = |side: &mut Side, src: &MemoryRegion, remote: RemoteAddr| {
         for i in 0..64u64 {
