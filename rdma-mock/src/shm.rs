@@ -662,4 +662,62 @@ mod tests {
         assert!(Hello::decode(&[0u8; 10]).is_err());
         assert!(Hello::decode(&[0u8; HELLO_LEN]).is_err());
     }
+
+    #[test]
+    fn garbage_handshakes_are_refused_and_the_device_keeps_serving() {
+        use crate::{Device, DeviceConfig, Fabric, QpConfig};
+        let dev = Device::open(DeviceConfig::new(Fabric::Shm)).expect("device");
+        let pd = dev.alloc_pd().expect("pd");
+        let cq = dev.create_cq(None).expect("cq");
+        let qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let ep = qp.endpoint();
+        let dial = || {
+            let addr = SocketAddr::from_abstract_name(ep.address.as_bytes()).expect("name");
+            UnixStream::connect_addr(&addr).expect("connect")
+        };
+        let refusal = |stream: &UnixStream| {
+            let mut buf = [0u8; 512];
+            let (n, _) = recv_with_fds(stream, &mut buf).expect("reply");
+            let reply = Hello::decode(&buf[..n]).expect("a handshake message");
+            assert_eq!(reply.kind, KIND_REFUSE);
+            String::from_utf8_lossy(&buf[HELLO_LEN..n]).into_owned()
+        };
+        // Junk bytes.
+        let junk = dial();
+        send_with_fds(&junk, &[0x42; HELLO_LEN], &[]).expect("send");
+        assert!(refusal(&junk).contains("not an rdma-mock shm handshake"));
+        // A well-formed hello without the descriptors it needs.
+        let hello = Hello {
+            kind: KIND_HELLO,
+            device: 1,
+            qpn: 1,
+            to_qpn: ep.qpn,
+            to_device: ep.device,
+            rq_depth: 4,
+        };
+        let bare = dial();
+        send_with_fds(&bare, &hello.encode(), &[]).expect("send");
+        assert!(refusal(&bare).contains("too few descriptors"));
+        // Descriptors of the wrong kind (three eventfds) and an absurd queue depth.
+        let fds: Vec<EventFd> = (0..3).map(|_| EventFd::new().expect("eventfd")).collect();
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let wrong = dial();
+        let huge = Hello {
+            rq_depth: 1 << 30,
+            ..hello
+        };
+        send_with_fds(&wrong, &huge.encode(), &raw).expect("send");
+        let why = refusal(&wrong);
+        assert!(why.contains("cannot map"), "{why}");
+        // The QP can still be connected for real afterwards.
+        let other = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let (mut a, mut b) = (qp, other);
+        let (ea, eb) = (a.endpoint(), b.endpoint());
+        let t = std::thread::spawn(move || {
+            b.connect(&ea).expect("connect b");
+            b
+        });
+        a.connect(&eb).expect("connect a");
+        drop(t.join().expect("thread"));
+    }
 }

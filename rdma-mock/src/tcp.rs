@@ -618,6 +618,19 @@ impl Hello {
         }
     }
 
+    #[cfg(test)]
+    fn of_raw(device: u64, qpn: u32, to_device: u64, to_qpn: u32) -> Self {
+        Self {
+            refused: false,
+            device,
+            qpn,
+            to_device,
+            to_qpn,
+            rnr_retry: 0,
+            rnr_timer_us: 0,
+        }
+    }
+
     fn encode(&self) -> [u8; HELLO_LEN] {
         let mut b = [0u8; HELLO_LEN];
         b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -796,7 +809,12 @@ impl Listener {
                         return;
                     }
                     if let Ok(stream) = stream {
-                        let _ = accept(uid, &registry, stream);
+                        // Each handshake on its own thread: a dialer that says nothing must
+                        // not hold up the others until its handshake times out.
+                        let registry = registry.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("rdma-mock-tcp-accept".into())
+                            .spawn(move || accept(uid, &registry, stream));
                     }
                 }
             })
@@ -905,5 +923,110 @@ mod tests {
         };
         assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
         assert!(Hello::decode(&[0u8; HELLO_LEN]).is_err());
+    }
+
+    use crate::{
+        Access, Device, DeviceConfig, Fabric, QpConfig, QpState, RecvWr, WcStatus, WorkCompletion,
+    };
+
+    fn device() -> (Device, crate::ProtectionDomain, crate::CompletionQueue) {
+        let dev = Device::open(DeviceConfig::new(Fabric::Tcp)).expect("device");
+        let pd = dev.alloc_pd().expect("pd");
+        let cq = dev.create_cq(None).expect("cq");
+        (dev, pd, cq)
+    }
+
+    #[test]
+    fn garbage_handshake_is_refused_and_the_device_keeps_serving() {
+        let (_dev, pd, cq) = device();
+        let qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let addr = qp.endpoint().address;
+        let mut junk = TcpStream::connect(&addr).expect("connect");
+        junk.write_all(&[0x42; HELLO_LEN]).expect("write");
+        let refusal = read_hello(&junk).expect("an answer");
+        assert!(refusal
+            .unwrap_err()
+            .contains("not an rdma-mock tcp handshake"));
+        // A hello for a QP that does not exist is refused by name.
+        let stream = TcpStream::connect(&addr).expect("connect");
+        let mut hello = Hello::of_raw(1, 2, qp.endpoint().device, 999);
+        (&stream).write_all(&hello.encode()).expect("write");
+        let why = read_hello(&stream).expect("an answer").unwrap_err();
+        assert!(why.contains("no queue pair 999"), "{why}");
+        // And a real one still works afterwards.
+        hello = Hello::of_raw(1, 2, qp.endpoint().device, qp.qp_num());
+        let stream = TcpStream::connect(&addr).expect("connect");
+        (&stream).write_all(&hello.encode()).expect("write");
+        assert!(read_hello(&stream).expect("an answer").is_ok());
+    }
+
+    #[test]
+    fn a_silent_dialer_does_not_block_other_connections() {
+        let (_dev, pd, cq) = device();
+        let qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let _silent = TcpStream::connect(qp.endpoint().address).expect("connect");
+        let started = std::time::Instant::now();
+        let stream = TcpStream::connect(qp.endpoint().address).expect("connect");
+        (&stream)
+            .write_all(&Hello::of_raw(1, 2, qp.endpoint().device, qp.qp_num()).encode())
+            .expect("hello");
+        assert!(read_hello(&stream).expect("an answer").is_ok());
+        assert!(
+            started.elapsed() < HANDSHAKE_TIMEOUT,
+            "the silent dialer held up the handshake"
+        );
+    }
+
+    #[test]
+    fn corrupt_frame_fails_the_queue_pair_without_panicking() {
+        let (_dev, pd, mut cq) = device();
+        let mut qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let region = pd.register(64, Access::ALL).expect("region");
+        qp.post_recv(&RecvWr {
+            wr_id: 7,
+            sgl: &[region.sge(0, 64)],
+        })
+        .expect("recv");
+        // A fake peer with the smallest identity, so our connect waits to be dialed.
+        let ours = qp.endpoint();
+        let fake = std::thread::spawn(move || {
+            let stream = TcpStream::connect(&ours.address).expect("connect");
+            let hello = Hello::of_raw(0, 0, ours.device, ours.qpn);
+            (&stream).write_all(&hello.encode()).expect("hello");
+            read_hello(&stream).expect("reply").expect("accepted");
+            // A request frame claiming a 4 GiB payload, then junk.
+            let mut frame = Request {
+                op: 0,
+                flags: 0,
+                len: u32::MAX,
+                seq: 0,
+                remote: RemoteAddr::default(),
+                imm: 0,
+                operand1: 0,
+                operand2: 0,
+            }
+            .encode()
+            .to_vec();
+            frame.extend_from_slice(&[0xee; 64]);
+            (&stream).write_all(&frame).expect("frame");
+            stream
+        });
+        let mut peer = qp.endpoint();
+        peer.device = 0;
+        peer.qpn = 0;
+        qp.connect(&peer).expect("accepted the fake peer");
+        let _stream = fake.join().expect("fake peer");
+        let mut wc = [WorkCompletion::default(); 1];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cq.poll(&mut wc) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no flush after a corrupt frame"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!((wc[0].wr_id, wc[0].status), (7, WcStatus::WrFlushError));
+        assert_eq!(qp.state(), QpState::Error);
+        assert!(region.to_vec().iter().all(|&b| b == 0));
     }
 }
