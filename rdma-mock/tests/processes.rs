@@ -58,11 +58,18 @@ fn quick_rnr() -> QpConfig {
 
 /// Starts a responder child with `recvs` receives posted and connects to it.
 fn connect_responder(fabric: Fabric, recvs: usize) -> (Side, Peer, RegionInfo) {
+    connect_responder_with(fabric, recvs, "all")
+}
+
+/// The same, with the responder's region registered with `access` ("all" or "read-only").
+fn connect_responder_with(fabric: Fabric, recvs: usize, access: &str) -> (Side, Peer, RegionInfo) {
     let mut side = Side::new(fabric, quick_rnr());
-    let mut peer = Peer::spawn(
-        "responder",
-        &[("FABRIC", fabric.to_string()), ("RECVS", recvs.to_string())],
-    );
+    let env = [
+        ("FABRIC", fabric.to_string()),
+        ("RECVS", recvs.to_string()),
+        ("ACCESS", access.to_string()),
+    ];
+    let mut peer = Peer::spawn("responder", &env);
     let hello: Hello = peer.recv_json();
     let local = side.region(64);
     peer.send_json(&Hello {
@@ -236,6 +243,46 @@ fn errors_across_processes(fabric: Fabric) {
     let wc: Wc = peer.recv_json();
     assert_eq!(wc.imm, Some(1));
     assert_eq!(dump(&mut peer, 8, 3), [0, 0, 0]);
+
+    // Missing rights on a read-only region: WRITE and FETCH_ADD refused, READ allowed.
+    for op in ["write", "fetch-add"] {
+        let (mut a, mut peer, region) = connect_responder_with(fabric, 1, "read-only");
+        let local = a.region(64);
+        let result_sge = [local.sge(0, 8)];
+        let wr = match op {
+            "write" => SendWr::inline(
+                1,
+                SendOp::Write {
+                    remote: region.at(0),
+                },
+                b"nope",
+            ),
+            _ => SendWr::new(
+                1,
+                SendOp::FetchAdd {
+                    remote: region.at(0),
+                    add: 1,
+                },
+                &result_sge,
+            ),
+        };
+        a.post(wr);
+        assert_eq!(a.next_wc().status, WcStatus::RemoteAccessError, "{op}");
+        assert!(
+            dump(&mut peer, 0, 8).iter().all(|&x| x == 0),
+            "{op} changed the target"
+        );
+    }
+    let (mut a, _peer, region) = connect_responder_with(fabric, 1, "read-only");
+    let local = a.region(64);
+    a.post(SendWr::new(
+        1,
+        SendOp::Read {
+            remote: region.at(0),
+        },
+        &[local.sge(0, 64)],
+    ));
+    assert!(a.next_wc().is_ok());
 }
 
 fn killed_peer_flushes_outstanding_work(fabric: Fabric) {
@@ -395,7 +442,12 @@ fn child_main() {
 
 fn child_side() -> (Side, MemoryRegion) {
     let side = Side::new(fabric_from_env(), quick_rnr());
-    let region = side.pd.register(REGION_LEN, Access::ALL).expect("region");
+    // ACCESS=read-only leaves out remote writes and atomics.
+    let access = match std::env::var("ACCESS").as_deref() {
+        Ok("read-only") => Access::LOCAL_WRITE | Access::REMOTE_READ,
+        _ => Access::ALL,
+    };
+    let region = side.pd.register(REGION_LEN, access).expect("region");
     (side, region)
 }
 
