@@ -229,6 +229,13 @@ impl CompletionQueue {
             if n > 0 {
                 return Ok(n);
             }
+            // On tcp the progress thread must take over before we sleep (after our last
+            // poll, which counts as polling).
+            for source in &self.sources {
+                if let Some(conn) = source.qp.tcp.get() {
+                    conn.app_stops_polling();
+                }
+            }
             let remaining = match deadline {
                 None => None,
                 Some(d) => match d.checked_duration_since(Instant::now()) {

@@ -1,7 +1,7 @@
 //! Reliable-connection queue pairs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::cq::{CqShared, Source};
 use crate::device::{Endpoint, PdShared};
@@ -26,6 +26,8 @@ pub(crate) struct QpShared {
     pub(crate) recv_cq: Arc<CqShared>,
     pub(crate) pd: Arc<PdShared>,
     pub(crate) config: QpConfig,
+    /// On tcp, the connection, which polls of the completion queues drive.
+    pub(crate) tcp: OnceLock<Arc<tcp::Conn>>,
 }
 
 impl QpShared {
@@ -52,6 +54,9 @@ impl QpShared {
     /// Moves ready completions into `out` (the completion queue's poll).
     #[inline]
     pub(crate) fn poll_into(&self, send: bool, recv: bool, out: &mut [WorkCompletion]) -> usize {
+        if let Some(conn) = self.tcp.get() {
+            conn.progress_from_app(self);
+        }
         let mut filled = 0;
         if send {
             while filled < out.len() {
@@ -165,6 +170,7 @@ impl QueuePair {
             recv_cq: recv_cq.clone(),
             pd,
             config,
+            tcp: OnceLock::new(),
         });
         send_cq.attach(Source {
             qp: shared.clone(),

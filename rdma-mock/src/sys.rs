@@ -217,6 +217,18 @@ pub(crate) fn send_nonblocking(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Receives what the socket has into `buf` without waiting (`MSG_DONTWAIT`): the number of
+/// bytes (0 when the peer closed the stream), or `WouldBlock` when there is nothing.
+pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: receives into a live, writable buffer of buf.len() bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Sends `data` with up to [`MAX_FDS`] file descriptors attached (SCM_RIGHTS).
 pub(crate) fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     assert!(fds.len() <= MAX_FDS);

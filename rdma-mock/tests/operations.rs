@@ -31,6 +31,7 @@ on_both_fabrics!(
     bad_lkey_is_a_local_protection_error,
     receiver_not_ready_retries_then_fails,
     receiver_not_ready_recovers_when_a_receive_arrives,
+    a_target_that_polls_is_not_stalled_by_a_waiting_request,
     send_larger_than_the_receive_buffer_fails_both_sides,
     error_state_flushes_sends_and_receives,
     dropped_peer_fails_sends_and_flushes_receives,
@@ -499,6 +500,45 @@ fn receiver_not_ready_recovers_when_a_receive_arrives(fabric: Fabric) {
     b.post_recv(2, &[]);
     assert_eq!(sender.join().expect("sender").status, WcStatus::Success);
     assert_eq!(b.next_wc().imm, Some(3));
+}
+
+/// The target polls its queue (on tcp its polls drive the connection) while a peer's
+/// WRITE_WITH_IMM waits for a receive: the polls stay quick, and once the target posts the
+/// receive from the same thread, the request goes through.
+fn a_target_that_polls_is_not_stalled_by_a_waiting_request(fabric: Fabric) {
+    let patient = QpConfig {
+        rnr_retry: 7,
+        rnr_timer: Duration::from_millis(20),
+        ..QpConfig::default()
+    };
+    let (a, mut b) = pair_with(fabric, patient, patient);
+    let dst = b.region(64);
+    let remote = dst.remote(0);
+    let sender = std::thread::spawn(move || {
+        let mut a = a;
+        a.post(SendWr::inline(
+            1,
+            SendOp::WriteWithImm { remote, imm: 5 },
+            b"wait",
+        ));
+        a.next_wc()
+    });
+    let mut wc = [WorkCompletion::default(); 1];
+    let until = std::time::Instant::now() + Duration::from_millis(40);
+    let mut slowest = Duration::ZERO;
+    while std::time::Instant::now() < until {
+        let started = std::time::Instant::now();
+        assert_eq!(b.cq.poll(&mut wc), 0);
+        slowest = slowest.max(started.elapsed());
+    }
+    // A poll that slept out an RNR timer (20 ms) would show here.
+    assert!(
+        slowest < Duration::from_millis(10),
+        "a poll took {slowest:?}"
+    );
+    b.post_recv(9, &[]);
+    assert_eq!(b.next_wc().imm, Some(5));
+    assert_eq!(sender.join().expect("sender").status, WcStatus::Success);
 }
 
 fn send_larger_than_the_receive_buffer_fails_both_sides(fabric: Fabric) {

@@ -1,0 +1,409 @@
+//! The tcp fabric: processes on different hosts.
+//!
+//! Each connected QP pair shares one TCP connection. Both ends run a *progress thread* that
+//! reads it: requests from the peer are applied to local memory by the
+//! [`responder`](crate::responder) (so one-sided operations need nothing from the target
+//! application), and responses to our own requests complete them.
+//!
+//! Responses are coalesced as on RC hardware: a write that is neither signaled nor the
+//! `max_send_wr / 2`-th unacknowledged one asks for no acknowledgement, and every response
+//! acknowledges all earlier requests. READ and atomics always get their response. After
+//! refusing a request the target drops the rest of the stream (go-back-N without retry), and
+//! the initiator flushes everything it had outstanding behind it.
+//!
+//! Who reads the socket: the application when it polls, the progress thread when it does
+//! not (see [`inbound`]); who writes: see [`conn`]. The frames are in [`wire`].
+//!
+
+mod conn;
+mod inbound;
+mod wire;
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub(crate) use conn::Conn;
+use conn::{lock, Outstanding};
+use inbound::{connection_lost, Inbound};
+use wire::*;
+
+use crate::device::{Accepted, DeviceConfig, DeviceShared, Endpoint, Registry};
+use crate::error::{ConnectError, OpenError, PostError};
+use crate::qp::{send_completion, Link, QpShared};
+use crate::responder::{Gather, Scatter};
+use crate::types::{QpState, SendOp, SendWr, WcStatus};
+
+/// A connected tcp QP's side of its connection.
+pub(crate) struct TcpLink {
+    conn: Arc<Conn>,
+    next_seq: u64,
+    /// Unsignaled requests sent since the last one that asked for an acknowledgement.
+    unacked_run: u32,
+    /// The progress thread and the flusher.
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl TcpLink {
+    pub(crate) fn post_send(&mut self, qp: &QpShared, wr: &SendWr<'_>) -> Result<(), PostError> {
+        let mut outstanding = lock(&self.conn.outstanding);
+        // Every outstanding request may still need a completion slot, and so may this one.
+        if outstanding.len() as u64 + 1 > qp.send_ring.room()
+            || outstanding.len() >= qp.config.max_send_wr as usize
+        {
+            return Err(PostError::SendQueueFull(qp.config.max_send_wr));
+        }
+        if qp.state() == QpState::Error {
+            qp.push_send_completion(send_completion(
+                qp,
+                wr.wr_id,
+                wr.op,
+                WcStatus::WrFlushError,
+                0,
+            ));
+            return Ok(());
+        }
+        let local = match wr.op {
+            SendOp::Read { .. } | SendOp::FetchAdd { .. } | SendOp::CmpSwap { .. } => {
+                qp.scatter(&wr.payload).map(|s| (Gather::EMPTY, s))
+            }
+            _ => qp.gather(&wr.payload).map(|g| (g, Scatter::EMPTY)),
+        };
+        let (gather, scatter) = match local {
+            Ok(bufs) => bufs,
+            Err(status) => {
+                qp.fail();
+                qp.push_send_completion(send_completion(qp, wr.wr_id, wr.op, status, 0));
+                return Ok(());
+            }
+        };
+        let len = match wr.op {
+            SendOp::Read { .. } => scatter.total(),
+            SendOp::FetchAdd { .. } | SendOp::CmpSwap { .. } => 0,
+            _ => gather.total(),
+        } as u32;
+        let needs_response = matches!(
+            wr.op,
+            SendOp::Read { .. } | SendOp::FetchAdd { .. } | SendOp::CmpSwap { .. }
+        );
+        self.unacked_run += 1;
+        let ack =
+            wr.signaled || needs_response || self.unacked_run >= (qp.config.max_send_wr / 2).max(1);
+        if ack {
+            self.unacked_run = 0;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        outstanding.push_back(Outstanding {
+            seq,
+            wr_id: wr.wr_id,
+            op: wr.op,
+            signaled: wr.signaled,
+            len,
+            scatter,
+        });
+        drop(outstanding);
+        let request = Request::of(wr, seq, len, ack);
+        let sent = self.conn.send_request(&request.encode(), gather.parts());
+        if sent.is_err() {
+            connection_lost(&self.conn, qp);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TcpLink {
+    fn drop(&mut self) {
+        self.conn.close();
+        for thread in self.threads.drain(..) {
+            // The last handle of a device can be dropped on one of these threads.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Starts the progress and flusher threads of a connection and returns our link.
+fn start_link(stream: TcpStream, qp: &Arc<QpShared>, peer: &Hello) -> io::Result<TcpLink> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(None)?;
+    let conn = Arc::new(Conn::new(
+        &stream,
+        Inbound::new(peer.peer_config()),
+        qp.config.max_send_wr,
+    )?);
+    // The application's polls drive the connection from now on (see `inbound`).
+    let _ = qp.tcp.set(conn.clone());
+    let (progress, progress_qp, flusher) = (conn.clone(), qp.clone(), conn.clone());
+    let threads = vec![
+        std::thread::Builder::new()
+            .name(format!("rdma-mock-tcp-qp{}", qp.qpn))
+            .spawn(move || inbound::progress_thread(progress, progress_qp))?,
+        std::thread::Builder::new()
+            .name(format!("rdma-mock-tcp-flush{}", qp.qpn))
+            .spawn(move || flusher.flush_loop())?,
+    ];
+    Ok(TcpLink {
+        conn,
+        next_seq: 0,
+        unacked_run: 0,
+        threads,
+    })
+}
+
+/// Dials the peer's listener and links `qp` to the peer QP at `remote`.
+pub(crate) fn dial(
+    device: &DeviceShared,
+    qp: &Arc<QpShared>,
+    remote: &Endpoint,
+) -> Result<TcpLink, ConnectError> {
+    let unreachable = |source| ConnectError::Unreachable {
+        addr: remote.address.clone(),
+        source,
+    };
+    let addr: SocketAddr = remote.address.parse().map_err(|e| {
+        ConnectError::Handshake(format!("bad tcp address '{}': {e}", remote.address))
+    })?;
+    let stream =
+        TcpStream::connect_timeout(&addr, device.config.connect_timeout).map_err(unreachable)?;
+    let handshake = |e: io::Error| ConnectError::Handshake(e.to_string());
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(handshake)?;
+    let hello = Hello::of(qp, device.uid, (remote.device, remote.qpn));
+    (&stream).write_all(&hello.encode()).map_err(handshake)?;
+    let reply = read_hello(&stream)
+        .map_err(handshake)?
+        .map_err(ConnectError::Refused)?;
+    if reply.device != remote.device || reply.qpn != remote.qpn {
+        return Err(ConnectError::Handshake(
+            "the reply came from another queue pair".into(),
+        ));
+    }
+    start_link(stream, qp, &reply).map_err(handshake)
+}
+
+/// The listener of one tcp device.
+pub(crate) struct Listener {
+    address: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    pub(crate) fn start(
+        uid: u64,
+        config: &DeviceConfig,
+        registry: Arc<Registry>,
+    ) -> Result<Self, OpenError> {
+        let listen_err = |source| OpenError::Listen {
+            fabric: "tcp",
+            what: config.tcp_listen.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(config.tcp_listen).map_err(listen_err)?;
+        let address = listener.local_addr().map_err(listen_err)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("rdma-mock-tcp-listen".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop_flag.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if let Ok(stream) = stream {
+                        // Each handshake on its own thread: a dialer that says nothing must
+                        // not hold up the others until its handshake times out.
+                        let registry = registry.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("rdma-mock-tcp-accept".into())
+                            .spawn(move || accept(uid, &registry, stream));
+                    }
+                }
+            })
+            .map_err(OpenError::Thread)?;
+        Ok(Self {
+            address,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn address(&self) -> String {
+        self.address.to_string()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the blocking accept with a connection of our own.
+        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
+        if let Some(thread) = self.thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Answers a dialer's hello and hands the link to the local QP's `connect`.
+fn accept(uid: u64, registry: &Registry, stream: TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let hello = match read_hello(&stream)? {
+        Ok(h) => h,
+        Err(why) => return send_refusal(&stream, uid, &why),
+    };
+    if hello.to_device != uid {
+        return send_refusal(
+            &stream,
+            uid,
+            &format!(
+                "device {:016x} is not here (stale endpoint?)",
+                hello.to_device
+            ),
+        );
+    }
+    let Some(qp) = registry.qp(hello.to_qpn) else {
+        return send_refusal(
+            &stream,
+            uid,
+            &format!("no queue pair {} on this device", hello.to_qpn),
+        );
+    };
+    if qp.state() != QpState::Init {
+        return send_refusal(
+            &stream,
+            uid,
+            &format!("queue pair {} is already connected", hello.to_qpn),
+        );
+    }
+    let reply = Hello::of(&qp, uid, (hello.device, hello.qpn));
+    (&stream).write_all(&reply.encode())?;
+    let link = start_link(stream, &qp, &hello)?;
+    let accepted = Accepted {
+        peer_device: hello.device,
+        peer_qpn: hello.qpn,
+        link: Link::Tcp(link),
+    };
+    // A second dialer for the same QP loses: dropping its link closes its connection.
+    registry.offer(qp.qpn, accepted);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wire::*;
+    use super::*;
+    use crate::RemoteAddr;
+
+    use crate::{
+        Access, Device, DeviceConfig, Fabric, QpConfig, QpState, RecvWr, WcStatus, WorkCompletion,
+    };
+
+    fn device() -> (Device, crate::ProtectionDomain, crate::CompletionQueue) {
+        let dev = Device::open(DeviceConfig::new(Fabric::Tcp)).expect("device");
+        let pd = dev.alloc_pd().expect("pd");
+        let cq = dev.create_cq(None).expect("cq");
+        (dev, pd, cq)
+    }
+
+    #[test]
+    fn garbage_handshake_is_refused_and_the_device_keeps_serving() {
+        let (_dev, pd, cq) = device();
+        let qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let addr = qp.endpoint().address;
+        let mut junk = TcpStream::connect(&addr).expect("connect");
+        junk.write_all(&[0x42; HELLO_LEN]).expect("write");
+        let refusal = read_hello(&junk).expect("an answer");
+        assert!(refusal
+            .unwrap_err()
+            .contains("not an rdma-mock tcp handshake"));
+        // A hello for a QP that does not exist is refused by name.
+        let stream = TcpStream::connect(&addr).expect("connect");
+        let mut hello = Hello::of_raw(1, 2, qp.endpoint().device, 999);
+        (&stream).write_all(&hello.encode()).expect("write");
+        let why = read_hello(&stream).expect("an answer").unwrap_err();
+        assert!(why.contains("no queue pair 999"), "{why}");
+        // And a real one still works afterwards.
+        hello = Hello::of_raw(1, 2, qp.endpoint().device, qp.qp_num());
+        let stream = TcpStream::connect(&addr).expect("connect");
+        (&stream).write_all(&hello.encode()).expect("write");
+        assert!(read_hello(&stream).expect("an answer").is_ok());
+    }
+
+    #[test]
+    fn a_silent_dialer_does_not_block_other_connections() {
+        let (_dev, pd, cq) = device();
+        let qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let _silent = TcpStream::connect(qp.endpoint().address).expect("connect");
+        let started = std::time::Instant::now();
+        let stream = TcpStream::connect(qp.endpoint().address).expect("connect");
+        (&stream)
+            .write_all(&Hello::of_raw(1, 2, qp.endpoint().device, qp.qp_num()).encode())
+            .expect("hello");
+        assert!(read_hello(&stream).expect("an answer").is_ok());
+        assert!(
+            started.elapsed() < HANDSHAKE_TIMEOUT,
+            "the silent dialer held up the handshake"
+        );
+    }
+
+    #[test]
+    fn corrupt_frame_fails_the_queue_pair_without_panicking() {
+        let (_dev, pd, mut cq) = device();
+        let mut qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let region = pd.register(64, Access::ALL).expect("region");
+        qp.post_recv(&RecvWr {
+            wr_id: 7,
+            sgl: &[region.sge(0, 64)],
+        })
+        .expect("recv");
+        // A fake peer with the smallest identity, so our connect waits to be dialed.
+        let ours = qp.endpoint();
+        let fake = std::thread::spawn(move || {
+            let stream = TcpStream::connect(&ours.address).expect("connect");
+            let hello = Hello::of_raw(0, 0, ours.device, ours.qpn);
+            (&stream).write_all(&hello.encode()).expect("hello");
+            read_hello(&stream).expect("reply").expect("accepted");
+            // A request frame claiming a 4 GiB payload, then junk.
+            let mut frame = Request {
+                op: 0,
+                flags: 0,
+                len: u32::MAX,
+                seq: 0,
+                remote: RemoteAddr::default(),
+                imm: 0,
+                operand1: 0,
+                operand2: 0,
+            }
+            .encode()
+            .to_vec();
+            frame.extend_from_slice(&[0xee; 64]);
+            (&stream).write_all(&frame).expect("frame");
+            stream
+        });
+        let mut peer = qp.endpoint();
+        peer.device = 0;
+        peer.qpn = 0;
+        qp.connect(&peer).expect("accepted the fake peer");
+        let _stream = fake.join().expect("fake peer");
+        let mut wc = [WorkCompletion::default(); 1];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cq.poll(&mut wc) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no flush after a corrupt frame"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!((wc[0].wr_id, wc[0].status), (7, WcStatus::WrFlushError));
+        assert_eq!(qp.state(), QpState::Error);
+        assert!(region.to_vec().iter().all(|&b| b == 0));
+    }
+}
