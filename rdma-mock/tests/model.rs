@@ -73,6 +73,10 @@ fn word_offset(word: usize) -> usize {
     LEN - 8 * WORDS + 8 * word
 }
 
+fn word_at(model: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(model[at..at + 8].try_into().expect("8 bytes"))
+}
+
 fn check_sequence(fabric: Fabric, ops: &[Op]) -> Result<(), TestCaseError> {
     let (mut a, mut b) = pair(fabric);
     let target = b.region(LEN);
@@ -172,7 +176,7 @@ fn check_sequence(fabric: Fabric, ops: &[Op]) -> Result<(), TestCaseError> {
                 swap,
             } => {
                 let at = word_offset(*word);
-                let current = u64::from_le_bytes(model[at..at + 8].try_into().unwrap());
+                let current = word_at(&model, at);
                 let compare = if *hit { current } else { *compare };
                 a.post(SendWr::new(
                     wr_id,
@@ -220,7 +224,7 @@ fn check_sequence(fabric: Fabric, ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::FetchAdd { word, add } => {
                 let at = word_offset(*word);
-                let old = u64::from_le_bytes(model[at..at + 8].try_into().unwrap());
+                let old = word_at(&model, at);
                 prop_assert_eq!(local.atomic_u64(0).load(Ordering::SeqCst), old);
                 model[at..at + 8].copy_from_slice(&old.wrapping_add(*add).to_le_bytes());
             }
@@ -231,7 +235,7 @@ fn check_sequence(fabric: Fabric, ops: &[Op]) -> Result<(), TestCaseError> {
                 swap,
             } => {
                 let at = word_offset(*word);
-                let old = u64::from_le_bytes(model[at..at + 8].try_into().unwrap());
+                let old = word_at(&model, at);
                 prop_assert_eq!(local.atomic_u64(0).load(Ordering::SeqCst), old);
                 if *hit || *compare == old {
                     model[at..at + 8].copy_from_slice(&swap.to_le_bytes());

@@ -7,14 +7,6 @@ use std::time::Duration;
 use common::*;
 use rdma_mock::*;
 
-/// Runs each listed scenario once per fabric.
-macro_rules! on_both_fabrics {
-    ($($name:ident),* $(,)?) => {
-        mod shm { $( #[test] fn $name() { super::$name(rdma_mock::Fabric::Shm) } )* }
-        mod tcp { $( #[test] fn $name() { super::$name(rdma_mock::Fabric::Tcp) } )* }
-    };
-}
-
 on_both_fabrics!(
     write_lands_and_completes,
     unsignaled_write_lands_without_completion,
@@ -478,24 +470,35 @@ fn receiver_not_ready_retries_then_fails(fabric: Fabric) {
     expect_failure(&mut a, SendOp::Send, &[], WcStatus::RnrRetryExceeded);
 }
 
-fn receiver_not_ready_recovers_when_a_receive_arrives(fabric: Fabric) {
+/// Connects a pair and has `a`, on its own thread, send a WRITE_WITH_IMM carrying `imm` that
+/// finds no receive at `b` and retries (7 times, 20 ms apart). Returns `b` and the thread,
+/// which yields `a`'s completion.
+fn write_imm_waiting_for_a_receive(
+    fabric: Fabric,
+    imm: u32,
+) -> (Side, MemoryRegion, std::thread::JoinHandle<WorkCompletion>) {
     let patient = QpConfig {
         rnr_retry: 7,
         rnr_timer: Duration::from_millis(20),
         ..QpConfig::default()
     };
-    let (a, mut b) = pair_with(fabric, patient, patient);
+    let (a, b) = pair_with(fabric, patient, patient);
     let dst = b.region(64);
     let remote = dst.remote(0);
     let sender = std::thread::spawn(move || {
         let mut a = a;
         a.post(SendWr::inline(
             1,
-            SendOp::WriteWithImm { remote, imm: 3 },
+            SendOp::WriteWithImm { remote, imm },
             b"late",
         ));
         a.next_wc()
     });
+    (b, dst, sender)
+}
+
+fn receiver_not_ready_recovers_when_a_receive_arrives(fabric: Fabric) {
+    let (mut b, _dst, sender) = write_imm_waiting_for_a_receive(fabric, 3);
     std::thread::sleep(Duration::from_millis(30));
     b.post_recv(2, &[]);
     assert_eq!(sender.join().expect("sender").status, WcStatus::Success);
@@ -506,23 +509,7 @@ fn receiver_not_ready_recovers_when_a_receive_arrives(fabric: Fabric) {
 /// WRITE_WITH_IMM waits for a receive: the polls stay quick, and once the target posts the
 /// receive from the same thread, the request goes through.
 fn a_target_that_polls_is_not_stalled_by_a_waiting_request(fabric: Fabric) {
-    let patient = QpConfig {
-        rnr_retry: 7,
-        rnr_timer: Duration::from_millis(20),
-        ..QpConfig::default()
-    };
-    let (a, mut b) = pair_with(fabric, patient, patient);
-    let dst = b.region(64);
-    let remote = dst.remote(0);
-    let sender = std::thread::spawn(move || {
-        let mut a = a;
-        a.post(SendWr::inline(
-            1,
-            SendOp::WriteWithImm { remote, imm: 5 },
-            b"wait",
-        ));
-        a.next_wc()
-    });
+    let (mut b, _dst, sender) = write_imm_waiting_for_a_receive(fabric, 5);
     let mut wc = [WorkCompletion::default(); 1];
     let until = std::time::Instant::now() + Duration::from_millis(40);
     let mut slowest = Duration::ZERO;

@@ -14,13 +14,6 @@ use common::*;
 use rdma_mock::*;
 use serde::{Deserialize, Serialize};
 
-macro_rules! on_both_fabrics {
-    ($($name:ident),* $(,)?) => {
-        mod shm { $( #[test] fn $name() { super::$name(rdma_mock::Fabric::Shm) } )* }
-        mod tcp { $( #[test] fn $name() { super::$name(rdma_mock::Fabric::Tcp) } )* }
-    };
-}
-
 on_both_fabrics!(
     operations_across_processes,
     errors_across_processes,

@@ -10,6 +10,16 @@ use rdma_mock::*;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Runs each listed scenario (a `fn(Fabric)`) once per fabric, as tests `shm::NAME` and
+/// `tcp::NAME`.
+#[macro_export]
+macro_rules! on_both_fabrics {
+    ($($name:ident),* $(,)?) => {
+        mod shm { $( #[test] fn $name() { super::$name(rdma_mock::Fabric::Shm) } )* }
+        mod tcp { $( #[test] fn $name() { super::$name(rdma_mock::Fabric::Tcp) } )* }
+    };
+}
+
 /// One end of a connection: its own device, domain, channel, queue and QP.
 pub struct Side {
     pub dev: Device,
