@@ -510,19 +510,13 @@ fn receiver_not_ready_recovers_when_a_receive_arrives(fabric: Fabric) {
 /// receive from the same thread, the request goes through.
 fn a_target_that_polls_is_not_stalled_by_a_waiting_request(fabric: Fabric) {
     let (mut b, _dst, sender) = write_imm_waiting_for_a_receive(fabric, 5);
+    // Poll for a while first. A poll that slept out the retries (7 x 20 ms) would make the
+    // request fail before this thread could post the receive below.
     let mut wc = [WorkCompletion::default(); 1];
     let until = std::time::Instant::now() + Duration::from_millis(40);
-    let mut slowest = Duration::ZERO;
     while std::time::Instant::now() < until {
-        let started = std::time::Instant::now();
         assert_eq!(b.cq.poll(&mut wc), 0);
-        slowest = slowest.max(started.elapsed());
     }
-    // A poll that slept out an RNR timer (20 ms) would show here.
-    assert!(
-        slowest < Duration::from_millis(10),
-        "a poll took {slowest:?}"
-    );
     b.post_recv(9, &[]);
     assert_eq!(b.next_wc().imm, Some(5));
     assert_eq!(sender.join().expect("sender").status, WcStatus::Success);
