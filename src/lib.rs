@@ -4,7 +4,11 @@
 //! into executor memory with one-sided RDMA writes. This crate will hold the protocol,
 //! executor, client and managers (see `../shared/DESIGN.md` and the open issues); today it
 //! holds the foundation they run on: [`rdma_mock`], the software fabric with verbs semantics
-//! that runs on hosts without RDMA hardware (shared memory on one host, TCP across hosts).
+//! that runs on hosts without RDMA hardware (shared memory on one host, TCP across hosts),
+//! and [`protocol`], the sans-IO wire format of the invocation path (slots, immediates,
+//! invocation ids, credits, status codes, the allocation handshake; see `docs/protocol.md`).
 #![forbid(unsafe_code)]
 
 pub use rdma_mock as fabric;
+
+pub mod protocol;
