@@ -160,7 +160,6 @@ impl QueuePair {
             what: "a queue pair",
             source,
         })?;
-        rq.set_state(QpState::Init);
         let shared = Arc::new(QpShared {
             qpn,
             rq,
@@ -245,10 +244,7 @@ impl QueuePair {
             device.registry.take(self.shared.qpn, remote, timeout)?
         };
         self.link = Some(link);
-        // The peer may have failed the QP already (for example by dying during set-up).
-        if self.shared.state() == QpState::Init {
-            self.shared.rq.set_state(QpState::ReadyToSend);
-        }
+        self.shared.rq.mark_connected();
         Ok(())
     }
 

@@ -79,6 +79,7 @@ impl RecvQueue {
     pub(crate) fn create(depth: u32) -> std::io::Result<Self> {
         let map = SharedMapping::create("rdma-mock-qp", block_len(depth))?;
         let rq = Self { map, depth };
+        // The file starts zeroed: state 0 is `Init`, every slot's seq 0 is "never posted".
         rq.header().depth.store(depth, Ordering::Relaxed);
         Ok(rq)
     }
@@ -124,8 +125,15 @@ impl RecvQueue {
         QpState::from_u32(self.header().state.load(Ordering::Acquire))
     }
 
-    pub(crate) fn set_state(&self, state: QpState) {
-        self.header().state.store(state as u32, Ordering::Release);
+    /// Moves from `Init` to `ReadyToSend`, unless the QP failed meanwhile (a peer can fail
+    /// it while `connect` finishes): an error is never overwritten.
+    pub(crate) fn mark_connected(&self) {
+        let _ = self.header().state.compare_exchange(
+            QpState::Init as u32,
+            QpState::ReadyToSend as u32,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// Moves to `Error` unless already there; returns whether this call did it.
