@@ -32,6 +32,7 @@ on_both_fabrics!(
     rkey_of_another_domain_is_refused,
     blocking_wait_sleeps_until_a_completion,
     blocking_wait_times_out,
+    blocking_wait_uses_no_cpu,
     post_errors_are_reported_synchronously,
     stale_endpoint_is_refused,
     connect_times_out_without_the_peer,
@@ -669,6 +670,43 @@ fn blocking_wait_times_out(fabric: Fabric) {
         no_channel.wait(&mut wc, None),
         Err(WaitError::NoChannel)
     ));
+}
+
+/// CPU time of the calling thread (not wall time: other tests and the host do not count).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A thread blocked in `wait` sleeps: over a 300 ms wait it uses a sliver of CPU, then a
+/// completion wakes it.
+fn blocking_wait_uses_no_cpu(fabric: Fabric) {
+    let (a, mut b) = pair(fabric);
+    let dst = b.region(64);
+    let remote = dst.remote(0);
+    b.post_recv(1, &[]);
+    let sender = std::thread::spawn(move || {
+        let mut a = a;
+        std::thread::sleep(Duration::from_millis(300));
+        a.post(SendWr::inline(1, SendOp::WriteWithImm { remote, imm: 1 }, b"go").unsignaled());
+        a
+    });
+    let cpu_before = thread_cpu_time();
+    let mut wc = [WorkCompletion::default(); 1];
+    assert_eq!(b.cq.wait(&mut wc, Some(TIMEOUT)).expect("woken"), 1);
+    let used = thread_cpu_time() - cpu_before;
+    // A spinning wait would use about 300 ms.
+    assert!(
+        used < Duration::from_millis(30),
+        "the waiting thread used {used:?} of CPU"
+    );
+    drop(sender.join());
 }
 
 fn post_errors_are_reported_synchronously(fabric: Fabric) {
