@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_cargo
-# The tests need nothing beyond the toolchain today; packages for later suites (libibverbs,
-# qemu for soft-RoCE) get installed here with ensure_debian_packages.
+# iproute2: the tcp fabric is also tested between two network namespaces ("hosts").
+# Packages for later suites (libibverbs, qemu for soft-RoCE) get installed here too.
+ensure_debian_packages iproute2
 
 step "cargo fmt --check"
 cargo fmt --all -- --check || die "formatting differs: run 'cargo fmt --all'"

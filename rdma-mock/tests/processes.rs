@@ -418,6 +418,153 @@ fn atomics_from_several_processes_are_exact(fabric: Fabric) {
     assert_eq!(olds, (0..total).collect::<Vec<_>>());
 }
 
+/// A second "host": a network namespace joined to ours by a veth pair, with its own
+/// network stack. Removed on drop.
+struct TestHost {
+    ns: String,
+    veth: String,
+    our_ip: String,
+    its_ip: String,
+}
+
+impl TestHost {
+    fn create() -> Result<TestHost, String> {
+        let pid = std::process::id();
+        let subnet = format!("10.213.{}", pid % 250);
+        let host = TestHost {
+            ns: format!("rafi-test-{pid}"),
+            veth: format!("rt{pid}a"),
+            our_ip: format!("{subnet}.1"),
+            its_ip: format!("{subnet}.2"),
+        };
+        let peer_veth = format!("rt{pid}b");
+        let (ns, veth) = (host.ns.as_str(), host.veth.as_str());
+        let our_cidr = format!("{}/24", host.our_ip);
+        let its_cidr = format!("{}/24", host.its_ip);
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", ns],
+            &[
+                "link", "add", veth, "type", "veth", "peer", "name", &peer_veth,
+            ],
+            &["link", "set", &peer_veth, "netns", ns],
+            &["addr", "add", &our_cidr, "dev", veth],
+            &["link", "set", veth, "up"],
+            &["-n", ns, "addr", "add", &its_cidr, "dev", &peer_veth],
+            &["-n", ns, "link", "set", &peer_veth, "up"],
+            &["-n", ns, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let out = std::process::Command::new("ip")
+                .args(step)
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {}: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(host)
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+/// The tcp fabric between two network stacks ("hosts"), over a veth pair rather than
+/// loopback, with each device listening on its own non-loopback address.
+#[test]
+fn tcp_across_network_namespaces() {
+    let host = match TestHost::create() {
+        Ok(host) => host,
+        // Namespaces need root (CAP_NET_ADMIN and CAP_SYS_ADMIN); CI has it and must run this.
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: cannot create a test host in a network namespace: {why}");
+            return;
+        }
+        Err(why) => panic!("CI must be able to create a network namespace: {why}"),
+    };
+    let mut device = DeviceConfig::new(Fabric::Tcp);
+    device.tcp_listen = format!("{}:0", host.our_ip).parse().expect("address");
+    let mut a = Side::on(device, quick_rnr());
+    let ns = host.ns.clone();
+    let env = [
+        ("FABRIC", "tcp".to_string()),
+        ("RECVS", "4".to_string()),
+        ("ACCESS", "all".to_string()),
+        ("TCP_LISTEN", format!("{}:0", host.its_ip)),
+    ];
+    let mut peer = Peer::spawn_via(&["ip", "netns", "exec", &ns], "responder", &env);
+    let hello: Hello = peer.recv_json();
+    assert!(
+        hello.endpoint.address.starts_with(&host.its_ip),
+        "{:?}",
+        hello.endpoint
+    );
+    let local = a.region(4096);
+    peer.send_json(&Hello {
+        endpoint: a.qp.endpoint(),
+        region: RegionInfo::of(&local),
+    });
+    a.qp.connect(&hello.endpoint)
+        .expect("connect across namespaces");
+    assert_eq!(peer.recv(), "connected");
+    let region = hello.region;
+
+    local.write(0, &pattern(3000, 4));
+    a.post(SendWr::new(
+        1,
+        SendOp::Write {
+            remote: region.at(0),
+        },
+        &[local.sge(0, 3000)],
+    ));
+    assert!(a.next_wc().is_ok());
+    assert_eq!(dump(&mut peer, 0, 3000), pattern(3000, 4));
+    a.post(SendWr::inline(
+        2,
+        SendOp::WriteWithImm {
+            remote: region.at(4000),
+            imm: 77,
+        },
+        b"hi",
+    ));
+    assert!(a.next_wc().is_ok());
+    let wc: Wc = peer.recv_json();
+    assert_eq!((wc.opcode.as_str(), wc.imm), ("RecvRdmaWithImm", Some(77)));
+    a.post(SendWr::new(
+        3,
+        SendOp::Read {
+            remote: region.at(0),
+        },
+        &[local.sge(3072, 1000)],
+    ));
+    assert!(a.next_wc().is_ok());
+    assert_eq!(&local.to_vec()[3072..4072], &pattern(3000, 4)[..1000]);
+    a.post(SendWr::new(
+        4,
+        SendOp::FetchAdd {
+            remote: region.at(8192),
+            add: 9,
+        },
+        &[local.sge(0, 8)],
+    ));
+    assert!(a.next_wc().is_ok());
+    assert_eq!(dump(&mut peer, 8192, 8), 9u64.to_le_bytes());
+    peer.send("quit");
+    peer.wait_success();
+}
+
 // ---- child roles ----------------------------------------------------------------------------
 
 /// Entry point of child processes; ignored in normal runs.
@@ -434,7 +581,11 @@ fn child_main() {
 }
 
 fn child_side() -> (Side, MemoryRegion) {
-    let side = Side::new(fabric_from_env(), quick_rnr());
+    let mut device = DeviceConfig::new(fabric_from_env());
+    if let Ok(addr) = std::env::var("TCP_LISTEN") {
+        device.tcp_listen = addr.parse().expect("TCP_LISTEN");
+    }
+    let side = Side::on(device, quick_rnr());
     // ACCESS=read-only leaves out remote writes and atomics.
     let access = match std::env::var("ACCESS").as_deref() {
         Ok("read-only") => Access::LOCAL_WRITE | Access::REMOTE_READ,

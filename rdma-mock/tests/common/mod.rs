@@ -31,7 +31,12 @@ pub struct Side {
 
 impl Side {
     pub fn new(fabric: Fabric, config: QpConfig) -> Side {
-        let dev = Device::open(DeviceConfig::new(fabric)).expect("open device");
+        Side::on(DeviceConfig::new(fabric), config)
+    }
+
+    /// A side on a device with the given settings (for example a tcp listen address).
+    pub fn on(device: DeviceConfig, config: QpConfig) -> Side {
+        let dev = Device::open(device).expect("open device");
         let pd = dev.alloc_pd().expect("alloc pd");
         let channel = dev.create_channel().expect("channel");
         let cq = dev.create_cq(Some(&channel)).expect("cq");
@@ -145,8 +150,20 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(role: &str, args: &[(&str, String)]) -> Peer {
+        Peer::spawn_via(&[], role, args)
+    }
+
+    /// The same, started through `wrapper` (for example `ip netns exec NAME`).
+    pub fn spawn_via(wrapper: &[&str], role: &str, args: &[(&str, String)]) -> Peer {
         let exe = std::env::current_exe().expect("current exe");
-        let mut cmd = Command::new(exe);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
         cmd.args([
             "child_main",
             "--exact",
