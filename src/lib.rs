@@ -1,8 +1,8 @@
 //! rafi: RDMA-accelerated function invocation for HPC clusters.
 //!
 //! An MPI rank leases idle cores, and invokes functions there by writing its payload straight
-//! into executor memory with one-sided RDMA writes. This crate will hold the protocol,
-//! executor, client and managers (see `../shared/DESIGN.md` and the open issues); today it
+//! into executor memory with one-sided RDMA writes. This crate will hold the
+//! executors, client and managers (see `../shared/DESIGN.md` and the open issues); today it
 //! holds the foundation they run on: [`rdma_mock`], the software fabric with verbs semantics
 //! that runs on hosts without RDMA hardware (shared memory on one host, TCP across hosts),
 //! and [`protocol`], the sans-IO wire format of the invocation path (slots, immediates,

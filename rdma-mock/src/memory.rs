@@ -314,6 +314,41 @@ impl MemoryRegion {
         };
     }
 
+    /// The bytes at `offset..offset + len` as a slice, for zero-copy readers (an rkyv
+    /// archive validated in place, a request read where it landed).
+    ///
+    /// # Safety
+    /// No one may write the range while the slice lives: not this process, and not a peer
+    /// through RDMA. Protocols guarantee that with ownership, as rafi's credits do: a
+    /// request slot is not written again until its response has been sent. The shm fabric
+    /// trusts its peers (see the crate docs); a peer that breaks the protocol makes this a
+    /// data race.
+    ///
+    /// # Panics
+    /// If the range is outside the region.
+    pub unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
+        self.check(offset, len);
+        // SAFETY: the range is inside the region's mapping, which lives as long as `&self`;
+        // the caller guarantees nobody writes it meanwhile.
+        unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset), len) }
+    }
+
+    /// The bytes at `offset..offset + len` as a mutable slice, to build an output in place
+    /// before posting it (an rkyv archive serialized straight into a send buffer).
+    ///
+    /// # Safety
+    /// Nobody else may read or write the range while the slice lives: no other slice of
+    /// it, no request posted from it that is not complete yet, and no peer operation on it.
+    ///
+    /// # Panics
+    /// If the range is outside the region.
+    #[allow(clippy::mut_from_ref)] // the region is shared memory; exclusivity is the caller's contract
+    pub unsafe fn slice_mut(&self, offset: usize, len: usize) -> &mut [u8] {
+        self.check(offset, len);
+        // SAFETY: as in `slice`, and the caller guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(offset), len) }
+    }
+
     /// Copies the whole region into a new vector.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = vec![0; self.len];
