@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::cq::{CqShared, Source};
-use crate::device::{Endpoint, PdShared};
+use crate::device::{Endpoint, Listener, PdShared};
 use crate::error::{AllocError, ConnectError, PostError};
 use crate::memory::ArenaView;
 use crate::queue::{RecvQueue, SendRing};
@@ -236,9 +236,9 @@ impl QueuePair {
         // The side with the smaller (device, qpn) dials; the other waits for its agent.
         let dials = (device.uid, self.shared.qpn) < (remote.device, remote.qpn);
         let link = if dials {
-            match device.config.fabric {
-                crate::Fabric::Shm => Link::Shm(shm::dial(&device, &self.shared, remote)?),
-                crate::Fabric::Tcp => Link::Tcp(tcp::dial(&device, &self.shared, remote)?),
+            match &device.listener {
+                Listener::Shm(agent) => Link::Shm(shm::dial(agent, &self.shared, remote)?),
+                Listener::Tcp(_) => Link::Tcp(tcp::dial(&device, &self.shared, remote)?),
             }
         } else {
             device.registry.take(self.shared.qpn, remote, timeout)?

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::device::{Accepted, DeviceShared, Endpoint, Registry};
+use crate::device::{Accepted, Endpoint, Registry};
 use crate::error::{ConnectError, OpenError, PostError};
 use crate::memory::{arena_len_is_valid, ArenaView};
 use crate::qp::{send_completion, Link, QpShared};
@@ -267,11 +267,10 @@ fn atomic(
 
 /// Dials the peer's agent and links `qp` to the peer QP at `remote`.
 pub(crate) fn dial(
-    device: &DeviceShared,
+    agent: &Agent,
     qp: &Arc<QpShared>,
     remote: &Endpoint,
 ) -> Result<ShmLink, ConnectError> {
-    let Listener(agent) = agent_of(device);
     let addr = SocketAddr::from_abstract_name(remote.address.as_bytes()).map_err(|source| {
         ConnectError::Unreachable {
             addr: remote.address.clone(),
@@ -288,7 +287,7 @@ pub(crate) fn dial(
         .map_err(handshake)?;
     let hello = Hello {
         kind: KIND_HELLO,
-        device: device.uid,
+        device: agent.shared.uid,
         qpn: qp.qpn,
         to_qpn: remote.qpn,
         to_device: remote.device,
@@ -316,15 +315,6 @@ pub(crate) fn dial(
     let peer = PeerMemory::map(&reply, fds).map_err(handshake)?;
     stream.set_read_timeout(None).map_err(handshake)?;
     Ok(agent.watch(stream, qp, peer))
-}
-
-struct Listener<'a>(&'a Agent);
-
-fn agent_of(device: &DeviceShared) -> Listener<'_> {
-    match &device.listener {
-        crate::device::Listener::Shm(agent) => Listener(agent),
-        crate::device::Listener::Tcp(_) => unreachable!("shm dial on a tcp device"),
-    }
 }
 
 enum Command {
