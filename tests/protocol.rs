@@ -2,8 +2,6 @@
 //! id boundaries, random input, and a client and an executor talking through two plain
 //! byte buffers that stand for the request and response regions.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU64;
 
@@ -15,36 +13,11 @@ use rafi::protocol::*;
 // Allocation counting (per thread), for the hot-path test.
 // ---------------------------------------------------------------------------------------
 
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static GLOBAL: rdma_mock::alloc_counter::CountingAllocator =
+    rdma_mock::alloc_counter::CountingAllocator;
 
-fn allocations() -> u64 {
-    ALLOCATIONS.with(|c| c.get())
-}
+use rdma_mock::alloc_counter::allocations;
 
 // ---------------------------------------------------------------------------------------
 // Helpers: two regions and two completion queues made of plain memory.

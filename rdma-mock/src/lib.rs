@@ -58,6 +58,8 @@
 //! # drop(b);
 //! ```
 
+#[cfg(feature = "alloc-counter")]
+pub mod alloc_counter;
 mod cq;
 mod device;
 mod error;
