@@ -291,6 +291,9 @@ impl QueuePair {
     /// Moves the queue pair to the error state: outstanding and future requests are flushed.
     pub fn set_error(&mut self) {
         self.shared.fail();
+        if let Some(Link::Tcp(link)) = &self.link {
+            link.flush_outstanding(&self.shared);
+        }
     }
 }
 

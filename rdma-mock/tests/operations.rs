@@ -917,3 +917,85 @@ fn slices_are_bounds_checked() {
     // SAFETY: not reached: the range is refused first.
     let _ = unsafe { region.slice(50, 51) };
 }
+
+/// Fetches completions for a while (for checks of what arrives and in which order).
+fn drain(cq: &mut CompletionQueue, span: Duration) -> Vec<(u64, WcStatus)> {
+    let mut out = Vec::new();
+    let mut wc = [WorkCompletion::default(); 16];
+    let until = std::time::Instant::now() + span;
+    while std::time::Instant::now() < until {
+        let n = cq.poll(&mut wc);
+        out.extend(wc[..n].iter().map(|w| (w.wr_id, w.status)));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    out
+}
+
+fn patient() -> QpConfig {
+    QpConfig {
+        rnr_retry: 7,
+        rnr_timer: Duration::from_millis(100),
+        ..QpConfig::default()
+    }
+}
+
+/// tcp: a request still outstanding when the QP is failed by its owner is flushed first,
+/// before anything posted later, and is not completed by a late answer from the peer.
+#[test]
+fn tcp_error_state_flushes_outstanding_requests_in_order() {
+    let (mut a, mut b) = pair_with(Fabric::Tcp, patient(), patient());
+    a.post(SendWr::inline(1, SendOp::Send, b"old")); // waits at b for a receive
+    std::thread::sleep(Duration::from_millis(20));
+    a.qp.set_error();
+    let dst = b.region(64);
+    a.post(SendWr::inline(
+        2,
+        SendOp::Write {
+            remote: dst.remote(0),
+        },
+        b"new",
+    ));
+    b.post_recv(9, &[dst.sge(8, 16)]); // lets the old SEND through at b, too late for a
+    let got = drain(&mut a.cq, Duration::from_millis(400));
+    assert_eq!(
+        got,
+        [(1, WcStatus::WrFlushError), (2, WcStatus::WrFlushError)]
+    );
+}
+
+/// tcp: an unsignaled request not yet acknowledged when the QP fails is flushed too (with a
+/// completion, as flushed requests always get one), and frees its send-queue slot.
+#[test]
+fn tcp_error_state_flushes_unacknowledged_unsignaled_requests() {
+    let config = QpConfig {
+        max_send_wr: 4,
+        ..QpConfig::default()
+    };
+    let (mut a, b) = pair_with(Fabric::Tcp, config, config);
+    let dst = b.region(64);
+    a.post(
+        SendWr::inline(
+            1,
+            SendOp::Write {
+                remote: dst.remote(0),
+            },
+            b"x",
+        )
+        .unsignaled(),
+    );
+    a.qp.set_error();
+    assert_eq!(
+        drain(&mut a.cq, Duration::from_millis(50)),
+        [(1, WcStatus::WrFlushError)]
+    );
+    for i in 10..14 {
+        a.post(SendWr::inline(
+            i,
+            SendOp::Write {
+                remote: dst.remote(0),
+            },
+            b"y",
+        ));
+        assert_eq!(a.next_wc().wr_id, i);
+    }
+}

@@ -174,6 +174,7 @@ impl Conn {
         if let Ok(mut inbound) = self.inbound.try_lock() {
             super::inbound::drive(self, qp, &mut inbound);
         }
+        super::inbound::flush_if_failed(self, qp);
     }
 
     /// The application is about to sleep (or the link closes): the progress thread takes
@@ -196,6 +197,21 @@ impl Conn {
         let park = lock(&self.park);
         if self.app_polled_at.load(Ordering::Relaxed) != 0 && !self.closed.load(Ordering::Acquire) {
             let _ = self.unpark.wait_timeout(park, d);
+        }
+    }
+
+    /// Sleeps until `at` (a receiver-not-ready retry), or until the connection closes.
+    pub(super) fn sleep_until(&self, at: Instant) {
+        let mut park = lock(&self.park);
+        while !self.closed.load(Ordering::Acquire) {
+            let Some(left) = at.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            park = self
+                .unpark
+                .wait_timeout(park, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 

@@ -12,13 +12,14 @@
 //! (receiver-not-ready), so that a single-threaded application can still post the receive
 //! that lets it through.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::{lock, Conn};
+use super::conn::{lock, Conn, Outstanding};
 use super::wire::*;
 use crate::qp::{send_completion, QpShared};
 use crate::responder::{AtomicOp, Gather, Refusal, Scatter, Target};
@@ -341,11 +342,24 @@ pub(super) fn connection_lost(conn: &Conn, qp: &QpShared) {
 }
 
 fn flush_outstanding(conn: &Conn, qp: &QpShared, first: WcStatus) {
-    let mut outstanding = lock(&conn.outstanding);
+    flush_all(&mut lock(&conn.outstanding), qp, first);
+}
+
+/// Completes every outstanding request, the oldest with `first`, the rest with
+/// `WrFlushError`. The caller holds the outstanding lock (the send ring's producer lock).
+pub(super) fn flush_all(outstanding: &mut VecDeque<Outstanding>, qp: &QpShared, first: WcStatus) {
     let mut status = first;
     while let Some(o) = outstanding.pop_front() {
         qp.push_send_completion(send_completion(qp, o.wr_id, o.op, status, 0));
         status = WcStatus::WrFlushError;
+    }
+}
+
+/// After the QP failed for a reason other than the stream (a receive-side error, say), its
+/// outstanding requests will get no answer that counts: flush them, in order.
+pub(super) fn flush_if_failed(conn: &Conn, qp: &QpShared) {
+    if qp.state() == QpState::Error {
+        flush_outstanding(conn, qp, WcStatus::WrFlushError);
     }
 }
 
@@ -357,16 +371,21 @@ pub(super) fn progress_thread(conn: Arc<Conn>, qp: Arc<QpShared>) {
             conn.park_for(d);
             continue;
         }
-        // Wait for bytes, or until the request at the head may be retried.
-        let timeout =
-            retry_at(&lock(&conn.inbound)).map(|at| at.saturating_duration_since(Instant::now()));
-        if crate::sys::poll_readable(fd, timeout.map(|t| t.max(Duration::from_millis(1)))).is_err()
-        {
-            std::thread::sleep(Duration::from_millis(1));
+        // Wait for bytes; or, while the request at the head waits for a receive, until it
+        // may be retried (bytes behind it cannot be applied before it anyway).
+        let retry = retry_at(&lock(&conn.inbound));
+        match retry {
+            Some(at) => conn.sleep_until(at),
+            None => {
+                if crate::sys::poll_readable(fd, None).is_err() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
         }
         if !drive(&conn, &qp, &mut lock(&conn.inbound)) {
             break;
         }
+        flush_if_failed(&conn, &qp);
     }
     conn.close(); // and so stop the flusher
 }

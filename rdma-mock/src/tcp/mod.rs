@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub(crate) use conn::Conn;
 use conn::{lock, Outstanding};
-use inbound::{connection_lost, Inbound};
+use inbound::{connection_lost, flush_all, Inbound};
 use wire::*;
 
 use crate::device::{Accepted, DeviceConfig, DeviceShared, Endpoint, Registry};
@@ -57,6 +57,8 @@ impl TcpLink {
             return Err(PostError::SendQueueFull(qp.config.max_send_wr));
         }
         if qp.state() == QpState::Error {
+            // Older requests complete first, flushed (in order, as RC does).
+            flush_all(&mut outstanding, qp, WcStatus::WrFlushError);
             qp.push_send_completion(send_completion(
                 qp,
                 wr.wr_id,
@@ -76,6 +78,7 @@ impl TcpLink {
             Ok(bufs) => bufs,
             Err(status) => {
                 qp.fail();
+                flush_all(&mut outstanding, qp, WcStatus::WrFlushError);
                 qp.push_send_completion(send_completion(qp, wr.wr_id, wr.op, status, 0));
                 return Ok(());
             }
@@ -112,6 +115,17 @@ impl TcpLink {
             connection_lost(&self.conn, qp);
         }
         Ok(())
+    }
+}
+
+impl TcpLink {
+    /// The QP was moved to the error state by its owner: flush what is outstanding now.
+    pub(crate) fn flush_outstanding(&self, qp: &QpShared) {
+        flush_all(
+            &mut lock(&self.conn.outstanding),
+            qp,
+            WcStatus::WrFlushError,
+        );
     }
 }
 
