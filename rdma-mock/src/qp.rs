@@ -1,6 +1,6 @@
 //! Reliable-connection queue pairs.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::cq::{CqShared, Source};
@@ -28,6 +28,9 @@ pub(crate) struct QpShared {
     pub(crate) config: QpConfig,
     /// On tcp, the connection, which polls of the completion queues drive.
     pub(crate) tcp: OnceLock<Arc<tcp::Conn>>,
+    /// The peer that delivers into our receive slots is gone for good (shm: its process
+    /// died or closed the link), so a slot it claimed will never be completed.
+    pub(crate) deliverer_gone: AtomicBool,
 }
 
 impl QpShared {
@@ -72,7 +75,8 @@ impl QpShared {
         if recv {
             let mut n = self.rq_polled.load(Ordering::Relaxed);
             while filled < out.len() {
-                match self.rq.take_completion(n, self.qpn) {
+                let gone = self.deliverer_gone.load(Ordering::Acquire);
+                match self.rq.take_completion(n, self.qpn, gone) {
                     Some(wc) => {
                         out[filled] = wc;
                         filled += 1;
@@ -170,6 +174,7 @@ impl QueuePair {
             pd,
             config,
             tcp: OnceLock::new(),
+            deliverer_gone: AtomicBool::new(false),
         });
         send_cq.attach(Source {
             qp: shared.clone(),
@@ -187,6 +192,11 @@ impl QueuePair {
             rq_posted: 0,
             link: None,
         })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<QpShared> {
+        &self.shared
     }
 
     /// The queue pair number, unique within its device.

@@ -162,17 +162,25 @@ impl RecvQueue {
     /// Takes the completion of receive `n` if it is there. When the QP is in error, a receive
     /// still posted is flushed instead. `None`: receive `n` is still pending (or not posted).
     #[inline]
-    pub(crate) fn take_completion(&self, n: u64, qp_num: u32) -> Option<WorkCompletion> {
+    pub(crate) fn take_completion(
+        &self,
+        n: u64,
+        qp_num: u32,
+        deliverer_gone: bool,
+    ) -> Option<WorkCompletion> {
         let slot = self.slot(n);
-        let mut seq = slot.seq.load(Ordering::Acquire);
+        let seq = slot.seq.load(Ordering::Acquire);
         if seq != done(n) {
-            if seq != posted(n) || self.state() != QpState::Error {
+            // Only a QP in error flushes: a receive still posted, or one claimed by a peer
+            // that died before completing it (it can never write again). A claim by a live
+            // peer is completed shortly; a later poll takes it (never spin here).
+            let flushable = seq == posted(n) || (seq == claimed(n) && deliverer_gone);
+            if !flushable || self.state() != QpState::Error {
                 return None;
             }
-            // Flush, unless the peer claims the slot first, then wait for its completion.
             match slot
                 .seq
-                .compare_exchange(posted(n), done(n), Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(seq, done(n), Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
                     return Some(WorkCompletion {
@@ -184,14 +192,9 @@ impl RecvQueue {
                         qp_num,
                     })
                 }
-                Err(now) => seq = now,
-            }
-            while seq == claimed(n) {
-                std::hint::spin_loop();
-                seq = slot.seq.load(Ordering::Acquire);
-            }
-            if seq != done(n) {
-                return None;
+                // The peer claimed or completed it meanwhile: take it when it is done.
+                Err(now) if now != done(n) => return None,
+                Err(_) => {}
             }
         }
         Some(WorkCompletion {

@@ -626,10 +626,12 @@ impl AgentLoop {
     }
 }
 
-/// The peer of a link went away: fail our QP so its work is flushed.
+/// The peer of a link went away: fail our QP so its work is flushed, receives it had
+/// claimed and never completed included.
 fn peer_gone(qp: &Weak<QpShared>, alive: &AtomicBool) {
     alive.store(false, Ordering::Release);
     if let Some(qp) = qp.upgrade() {
+        qp.deliverer_gone.store(true, Ordering::Release);
         qp.fail();
     }
 }
@@ -709,5 +711,51 @@ mod tests {
         });
         a.connect(&eb).expect("connect a");
         drop(t.join().expect("thread"));
+    }
+
+    /// A peer that claimed a receive slot and died before completing it: once the agent
+    /// saw it go, that receive and the ones after it are flushed (and poll never spins).
+    #[test]
+    fn a_receive_claimed_by_a_dead_peer_is_flushed() {
+        use crate::{
+            Access, Device, DeviceConfig, Fabric, QpConfig, RecvWr, WcStatus, WorkCompletion,
+        };
+        let dev = Device::open(DeviceConfig::new(Fabric::Shm)).expect("device");
+        let pd = dev.alloc_pd().expect("pd");
+        let cq_handle = dev.create_cq(None).expect("cq");
+        let mut cq = cq_handle;
+        let mut qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let mr = pd.register(4096, Access::ALL).expect("region");
+        qp.post_recv(&RecvWr {
+            wr_id: 7,
+            sgl: &[mr.sge(0, 64)],
+        })
+        .expect("recv");
+        qp.post_recv(&RecvWr {
+            wr_id: 8,
+            sgl: &[mr.sge(64, 64)],
+        })
+        .expect("recv");
+        let shared = dev_qp_shared(&qp);
+        // What a peer's post_send does first ...
+        assert!(shared.rq.claim(0));
+        // ... then it is killed, and the agent sees its socket close.
+        let alive = AtomicBool::new(true);
+        peer_gone(&Arc::downgrade(&shared), &alive);
+        let mut wc = [WorkCompletion::default(); 4];
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < 2 && std::time::Instant::now() < deadline {
+            let n = cq.poll(&mut wc);
+            got.extend(wc[..n].iter().map(|w| (w.wr_id, w.status)));
+        }
+        assert_eq!(
+            got,
+            [(7, WcStatus::WrFlushError), (8, WcStatus::WrFlushError)]
+        );
+    }
+
+    fn dev_qp_shared(qp: &crate::QueuePair) -> Arc<QpShared> {
+        qp.shared().clone()
     }
 }
