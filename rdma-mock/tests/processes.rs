@@ -308,6 +308,7 @@ fn killed_peer_flushes_outstanding_work(fabric: Fabric) {
         // SAFETY: sends SIGSTOP to our own child, whose pid stays ours until we reap it.
         let rc = unsafe { libc::kill(peer.child.id() as libc::pid_t, libc::SIGSTOP) };
         assert_eq!(rc, 0, "SIGSTOP failed");
+        wait_until_stopped(peer.child.id());
         a.post(SendWr::new(
             999,
             SendOp::Read {
@@ -366,6 +367,26 @@ fn killed_peer_flushes_outstanding_work(fabric: Fabric) {
         matches!(w.status, WcStatus::WrFlushError | WcStatus::RetryExceeded),
         "{w:?}"
     );
+}
+
+/// Waits until every thread of process `pid` is stopped: kill(SIGSTOP) returns before they
+/// are, and a thread still running could answer a request meanwhile.
+fn wait_until_stopped(pid: u32) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the child's threads");
+        let all_stopped = tasks.flatten().all(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // The state follows the parenthesised command name: "pid (comm) T ...".
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        });
+        if all_stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "child {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn atomics_from_several_processes_are_exact(fabric: Fabric) {
