@@ -71,6 +71,8 @@ pub enum PostError {
     InlineNotAllowed,
     #[error("the queue pair is not connected yet")]
     NotConnected,
+    #[error("a message of {len} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge { len: u64, max: u32 },
 }
 
 /// Waiting for a completion event failed.

@@ -80,5 +80,5 @@ pub use qp::QueuePair;
 pub use sys::pin_current_thread;
 pub use types::{
     Access, Payload, QpConfig, QpState, RecvWr, RemoteAddr, SendOp, SendWr, Sge, WcOpcode,
-    WcStatus, WorkCompletion, MAX_INLINE_DATA, MAX_SGE,
+    WcStatus, WorkCompletion, MAX_INLINE_DATA, MAX_MESSAGE, MAX_SGE,
 };

@@ -71,7 +71,10 @@ impl<'a> ArenaView<'a> {
         let base = entry.base.load(Ordering::Relaxed);
         let offset = entry.offset.load(Ordering::Relaxed);
         let region_len = entry.len.load(Ordering::Relaxed);
-        if !access.contains(need) {
+        // The entry may have been reused for another region while we read it (a stale key
+        // racing a deregistration): the key, unique per registration, says so.
+        std::sync::atomic::fence(Ordering::Acquire);
+        if entry.key.load(Ordering::Relaxed) != key || !access.contains(need) {
             return None;
         }
         let start = addr.checked_sub(base)?;
@@ -164,6 +167,9 @@ impl Arena {
         }
         alloc.used_slots[slot] = true;
         let key = (tag << INDEX_BITS) | slot as u32;
+        // Zero it now: a peer's write that was in flight when the range was freed may have
+        // refilled pages released at deregistration.
+        self.map.discard(offset, rounded);
         let base = self.map.as_ptr() as u64 + offset as u64;
         let entry = self.view().entry(key);
         entry.access.store(access.bits(), Ordering::Relaxed);
@@ -177,6 +183,9 @@ impl Arena {
     fn deregister(&self, key: u32, offset: usize, len: usize) {
         let entry = self.view().entry(key);
         entry.key.store(0, Ordering::Release);
+        // Readers re-check the key after reading the fields (see `resolve`): the cleared key
+        // must be visible before the fields are rewritten for another region.
+        std::sync::atomic::fence(Ordering::Release);
         let rounded = round_up(len, page_size());
         // Released pages read as zero, so the next region starts clean.
         self.map.discard(offset, rounded);
@@ -271,9 +280,14 @@ impl MemoryRegion {
     /// A scatter/gather element for `len` bytes at `offset`.
     ///
     /// # Panics
-    /// If the range is outside the region.
+    /// If the range is outside the region or longer than [`crate::MAX_MESSAGE`].
     pub fn sge(&self, offset: usize, len: usize) -> Sge {
         self.check(offset, len);
+        assert!(
+            len <= crate::MAX_MESSAGE as usize,
+            "a scatter/gather element holds at most {} bytes",
+            crate::MAX_MESSAGE
+        );
         Sge {
             addr: self.base + offset as u64,
             length: len as u32,

@@ -360,7 +360,22 @@ fn validate(config: &QpConfig) -> Result<(), AllocError> {
 }
 
 #[inline]
+/// Refuses scatter lists longer in total than [`crate::MAX_MESSAGE`] (lengths travel as u32).
+fn check_total(sgl: &[crate::Sge]) -> Result<(), PostError> {
+    let len: u64 = sgl.iter().map(|s| s.length as u64).sum();
+    if len > crate::MAX_MESSAGE as u64 {
+        return Err(PostError::MessageTooLarge {
+            len,
+            max: crate::MAX_MESSAGE,
+        });
+    }
+    Ok(())
+}
+
 fn validate_send(config: &QpConfig, wr: &SendWr<'_>) -> Result<(), PostError> {
+    if let Payload::Sgl(sgl) = wr.payload {
+        check_total(sgl)?;
+    }
     match wr.payload {
         Payload::Sgl(sgl) => {
             if sgl.len() > config.max_sge as usize {

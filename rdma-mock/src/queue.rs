@@ -281,17 +281,14 @@ impl SendRing {
         }
     }
 
-    pub(crate) fn capacity(&self) -> u32 {
-        (self.mask + 1) as u32
-    }
-
-    /// Free slots left for the producer.
+    /// Completions pushed and not yet popped.
     #[inline]
-    pub(crate) fn room(&self) -> u64 {
-        self.mask + 1 - (self.tail.load(Ordering::Relaxed) - self.head.load(Ordering::Acquire))
+    pub(crate) fn len(&self) -> u64 {
+        self.tail.load(Ordering::Relaxed) - self.head.load(Ordering::Acquire)
     }
 
-    /// Appends a completion. The caller is the only producer and checked `room() > 0`.
+    /// Appends a completion. The caller is the only producer and checked that the ring has
+    /// room (`len()` stays below the QP's `max_send_wr`, at most the capacity).
     #[inline]
     pub(crate) fn push(&self, wc: WorkCompletion) {
         let tail = self.tail.load(Ordering::Relaxed);

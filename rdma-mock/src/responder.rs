@@ -255,6 +255,10 @@ impl Target<'_> {
             return Err(WcStatus::RemoteInvalidRequest.into());
         }
         let ptr = self.remote(remote, 8, Access::REMOTE_ATOMIC)?;
+        // A corrupt peer table could shift the region off its page alignment.
+        if ptr as usize % 8 != 0 {
+            return Err(WcStatus::RemoteInvalidRequest.into());
+        }
         // SAFETY: the word is inside the region (resolve), 8-byte aligned (regions are page
         // aligned in their arena and the address is a multiple of 8), and shared memory is
         // the documented use of AtomicU64 across processes.

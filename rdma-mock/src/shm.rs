@@ -151,8 +151,9 @@ pub(crate) struct ShmLink {
 impl ShmLink {
     #[inline]
     pub(crate) fn post_send(&mut self, qp: &QpShared, wr: &SendWr<'_>) -> Result<(), PostError> {
-        if qp.send_ring.room() == 0 {
-            return Err(PostError::SendQueueFull(qp.send_ring.capacity()));
+        // Unpolled completions count against max_send_wr (the ring may be a little larger).
+        if qp.send_ring.len() >= qp.config.max_send_wr as u64 {
+            return Err(PostError::SendQueueFull(qp.config.max_send_wr));
         }
         let result = if qp.state() == QpState::Error {
             Err(WcStatus::WrFlushError)

@@ -322,6 +322,8 @@ pub struct QpConfig {
 
 /// Most scatter/gather elements in one request.
 pub const MAX_SGE: usize = 4;
+/// Largest message (the sum of a request's or a receive's scatter/gather lengths).
+pub const MAX_MESSAGE: u32 = 1 << 30;
 /// Most inline bytes in one request.
 pub const MAX_INLINE_DATA: u32 = 1024;
 

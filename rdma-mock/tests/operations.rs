@@ -34,6 +34,7 @@ on_both_fabrics!(
     blocking_wait_times_out,
     blocking_wait_uses_no_cpu,
     post_errors_are_reported_synchronously,
+    message_and_queue_limits_are_exact,
     stale_endpoint_is_refused,
     connect_times_out_without_the_peer,
     many_messages_keep_order_and_ids,
@@ -772,6 +773,44 @@ fn post_errors_are_reported_synchronously(fabric: Fabric) {
     assert_eq!(a.next_wc().wr_id, 2);
     a.post(SendWr::inline(3, SendOp::Write { remote }, b"3"));
     assert_eq!(a.next_wc().wr_id, 3);
+}
+
+fn message_and_queue_limits_are_exact(fabric: Fabric) {
+    let three = QpConfig {
+        max_send_wr: 3,
+        ..QpConfig::default()
+    };
+    let (mut a, b) = pair_with(fabric, three, three);
+    let src = a.region(64);
+    let dst = b.region(64);
+    let remote = dst.remote(0);
+    // Lengths travel as 32-bit values: totals past MAX_MESSAGE are refused before sending.
+    let huge = Sge {
+        addr: src.addr(),
+        length: 1 << 31,
+        lkey: src.lkey(),
+    };
+    assert_eq!(
+        a.qp.post_send(&SendWr::new(0, SendOp::Write { remote }, &[huge, huge])),
+        Err(PostError::MessageTooLarge {
+            len: 1 << 32,
+            max: MAX_MESSAGE
+        })
+    );
+    assert!(matches!(
+        a.qp.post_recv(&RecvWr {
+            wr_id: 0,
+            sgl: &[huge]
+        }),
+        Err(PostError::MessageTooLarge { .. })
+    ));
+    // max_send_wr = 3 means three unpolled completions, not the ring's power of two.
+    for i in 0..3 {
+        a.post(SendWr::inline(i, SendOp::Write { remote }, b"w"));
+    }
+    let fourth =
+        a.qp.post_send(&SendWr::inline(3, SendOp::Write { remote }, b"w"));
+    assert_eq!(fourth, Err(PostError::SendQueueFull(3)));
 }
 
 fn stale_endpoint_is_refused(fabric: Fabric) {

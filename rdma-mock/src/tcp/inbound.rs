@@ -23,7 +23,7 @@ use super::conn::{lock, Conn, Outstanding};
 use super::wire::*;
 use crate::qp::{send_completion, QpShared};
 use crate::responder::{AtomicOp, Gather, Refusal, Scatter, Target};
-use crate::types::{QpConfig, QpState, WcStatus};
+use crate::types::{Access, QpConfig, QpState, WcStatus};
 
 /// Reading state of one connection.
 pub(crate) struct Inbound {
@@ -225,6 +225,21 @@ fn request(conn: &Conn, qp: &QpShared, state: &mut State, frame: &[u8]) -> Step 
         1 => target.write_with_imm(req.remote, &data, req.imm),
         2 => target.send(&data, None),
         3 => target.send(&data, Some(req.imm)),
+        // Check the rkey before sizing the buffer: a peer must not make us allocate for a
+        // read it may not do.
+        4 if req.len <= MAX_MESSAGE
+            && qp
+                .arena()
+                .resolve(
+                    req.remote.rkey,
+                    req.remote.addr,
+                    req.len as usize,
+                    Access::REMOTE_READ,
+                )
+                .is_none() =>
+        {
+            Err(Refusal::Failed(WcStatus::RemoteAccessError))
+        }
         4 if req.len <= MAX_MESSAGE => {
             read_buf.resize(req.len as usize, 0);
             let mut dst = Scatter::EMPTY;

@@ -51,9 +51,7 @@ impl TcpLink {
     pub(crate) fn post_send(&mut self, qp: &QpShared, wr: &SendWr<'_>) -> Result<(), PostError> {
         let mut outstanding = lock(&self.conn.outstanding);
         // Every outstanding request may still need a completion slot, and so may this one.
-        if outstanding.len() as u64 + 1 > qp.send_ring.room()
-            || outstanding.len() >= qp.config.max_send_wr as usize
-        {
+        if outstanding.len() as u64 + qp.send_ring.len() >= qp.config.max_send_wr as u64 {
             return Err(PostError::SendQueueFull(qp.config.max_send_wr));
         }
         if qp.state() == QpState::Error {

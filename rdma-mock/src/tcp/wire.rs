@@ -25,8 +25,8 @@ pub(super) const FRAME_REQUEST: u8 = 1;
 pub(super) const FRAME_RESPONSE: u8 = 2;
 pub(super) const FLAG_ACK: u8 = 1;
 
-/// Largest payload one request may carry (a sanity bound against a corrupt stream).
-pub(super) const MAX_MESSAGE: u32 = 1 << 30;
+/// Largest payload one request may carry; a larger one means a corrupt stream.
+pub(super) use crate::MAX_MESSAGE;
 
 pub(super) fn op_code(op: SendOp) -> u8 {
     match op {
