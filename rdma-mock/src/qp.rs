@@ -271,6 +271,7 @@ impl QueuePair {
                 max: config.max_sge,
             });
         }
+        check_total(wr.sgl)?;
         let depth = self.shared.rq.depth() as u64;
         if self.rq_posted - self.shared.rq_polled.load(Ordering::Acquire) >= depth {
             return Err(PostError::RecvQueueFull(depth as u32));
