@@ -283,6 +283,13 @@ pub(crate) fn dial(
         source,
     })?;
     let handshake = |e: io::Error| ConnectError::Handshake(e.to_string());
+    // Peers map each other's memory: only processes of our own user may be peers.
+    let uid = sys::peer_uid(&stream).map_err(handshake)?;
+    if uid != sys::own_uid() {
+        return Err(ConnectError::Refused(format!(
+            "the endpoint belongs to user {uid}; the shm fabric connects processes of one user"
+        )));
+    }
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(handshake)?;
@@ -564,6 +571,13 @@ impl AgentLoop {
             send_with_fds(&stream, &msg, &[])?;
             Err(io::Error::other(why))
         };
+        // Peers map each other's memory: refuse other users before looking at anything.
+        let uid = sys::peer_uid(&stream)?;
+        if uid != sys::own_uid() {
+            return refuse(format!(
+                "connections from user {uid} are refused: the shm fabric connects processes of one user"
+            ));
+        }
         let hello = match Hello::decode(&buf[..n]) {
             Ok(h) if h.kind == KIND_HELLO => h,
             Ok(_) => return refuse("expected a hello".into()),

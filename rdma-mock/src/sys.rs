@@ -197,6 +197,30 @@ pub(crate) fn poll_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
     }
 }
 
+/// The user id of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub(crate) fn peer_uid(sock: &UnixStream) -> io::Result<u32> {
+    // SAFETY: ucred is a plain C struct; all-zero is valid.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.uid)
+}
+
+/// The effective user id of this process.
+pub(crate) fn own_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
 /// Sends what the socket takes of `data` without waiting (`MSG_DONTWAIT`): the number of
 /// bytes sent, or `WouldBlock` when its buffer is full.
 pub(crate) fn send_nonblocking(fd: RawFd, data: &[u8]) -> io::Result<usize> {

@@ -586,6 +586,51 @@ fn tcp_across_network_namespaces() {
     peer.wait_success();
 }
 
+/// The shm fabric maps peers' memory into each other, so it refuses processes of another
+/// user, in both directions: their hello at our agent, and our dial to their endpoint.
+#[test]
+fn shm_refuses_peers_of_other_users() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: starting a process as another user needs root (CI runs as root)");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let mut ours = Side::new(Fabric::Shm, QpConfig::default());
+    let secret = ours.region(64);
+    secret.write(0, b"not for other users");
+    let mut theirs = ours.qp.endpoint();
+    // As they would see us: an identity that makes them the dialing side.
+    theirs.device = u64::MAX;
+    let mut intruder = Peer::spawn_with(
+        &[],
+        Some(NOBODY),
+        "intruder",
+        &[("FABRIC", "shm".to_string())],
+    );
+    let their_endpoint: Endpoint = intruder.recv_json();
+    intruder.send_json(&theirs);
+    let by_our_agent = intruder.recv();
+    assert!(
+        by_our_agent.contains("connections from user 65534 are refused"),
+        "{by_our_agent}"
+    );
+    let by_their_library = intruder.recv();
+    assert!(
+        by_their_library.contains("belongs to user 0"),
+        "{by_their_library}"
+    );
+    // And we refuse to dial them (an identity that makes us the dialing side).
+    let mut dial = their_endpoint;
+    dial.device = u64::MAX;
+    match ours.qp.connect(&dial) {
+        Err(ConnectError::Refused(why)) => assert!(why.contains("belongs to user 65534"), "{why}"),
+        other => panic!("dialing another user's endpoint: {other:?}"),
+    }
+    assert_eq!(ours.qp.state(), QpState::Init);
+    assert_eq!(&secret.to_vec()[..19], b"not for other users");
+}
+
 // ---- child roles ----------------------------------------------------------------------------
 
 /// Entry point of child processes; ignored in normal runs.
@@ -597,6 +642,7 @@ fn child_main() {
         "responder" => responder(),
         "streamer" => streamer(),
         "adder" => adder(),
+        "intruder" => intruder(),
         other => panic!("unknown role {other}"),
     }
 }
@@ -708,6 +754,32 @@ fn streamer() {
         i += 1;
         std::thread::sleep(Duration::from_micros(50));
     }
+}
+
+/// Runs as another user. Reports what the parent's agent answers to a hello sent by hand
+/// (as a hostile client would, bypassing the library's own checks), then what the library
+/// says when asked to connect.
+fn intruder() {
+    use std::io::{Read, Write};
+    use std::os::linux::net::SocketAddrExt;
+    let mut side = Side::new(fabric_from_env(), QpConfig::default());
+    say_json(&side.qp.endpoint());
+    let target: Endpoint = hear_json();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(target.address.as_bytes())
+        .expect("name");
+    let mut raw = std::os::unix::net::UnixStream::connect_addr(&addr).expect("connect");
+    raw.write_all(&[0u8; 40]).expect("hello");
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    // A refusal is a 40-byte handshake header followed by the reason.
+    say(&String::from_utf8_lossy(
+        reply.get(40..).unwrap_or_default(),
+    ));
+    match side.qp.connect(&target) {
+        Err(ConnectError::Refused(why)) => say(&why),
+        other => say(&format!("not refused: {other:?}")),
+    }
+    hear(); // stay up until the parent has dialed our endpoint too
 }
 
 /// Adds 1 `ITERS` times with FETCH_ADD to word 0 and with a CMP_SWAP loop to word 1 of the

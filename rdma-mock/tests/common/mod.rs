@@ -155,6 +155,16 @@ impl Peer {
 
     /// The same, started through `wrapper` (for example `ip netns exec NAME`).
     pub fn spawn_via(wrapper: &[&str], role: &str, args: &[(&str, String)]) -> Peer {
+        Peer::spawn_with(wrapper, None, role, args)
+    }
+
+    /// The same, as user `uid` when given (the caller must be root).
+    pub fn spawn_with(
+        wrapper: &[&str],
+        uid: Option<u32>,
+        role: &str,
+        args: &[(&str, String)],
+    ) -> Peer {
         let exe = std::env::current_exe().expect("current exe");
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
@@ -177,6 +187,9 @@ impl Peer {
         .stderr(Stdio::inherit());
         for (k, v) in args {
             cmd.env(k, v);
+        }
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
         }
         let mut child = cmd.spawn().expect("spawn child");
         let stdin = child.stdin.take().expect("stdin");
