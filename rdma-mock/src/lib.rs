@@ -35,7 +35,9 @@
 //! dead peer with [`WcStatus::RetryExceeded`]). Nothing is left hanging.
 //!
 //! Trust: the shm fabric maps peers' memory into each other, so it is for cooperating
-//! processes of one user; its checks catch bugs, not an attacker with that user's rights.
+//! processes of one user: both ends refuse peers of another user (`SO_PEERCRED`); among one
+//! user's processes its checks catch bugs, not an attacker with that user's rights. The tcp
+//! fabric does not authenticate peers yet: bind its listener to a trusted network.
 //!
 //! ```
 //! use rdma_mock::*;
