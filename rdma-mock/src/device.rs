@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::cq::{CompletionChannel, CompletionQueue};
 use crate::error::{AllocError, ConnectError, OpenError};
 use crate::memory::{Arena, MemoryRegion};
-use crate::qp::{Link, QpShared, QueuePair};
+use crate::qp::{QpShared, QueuePair};
 use crate::types::{Access, QpConfig};
 use crate::{shm, tcp};
 
@@ -94,7 +94,14 @@ pub struct Endpoint {
 pub(crate) struct Accepted {
     pub(crate) peer_device: u64,
     pub(crate) peer_qpn: u32,
-    pub(crate) link: Link,
+    pub(crate) link: Pending,
+}
+
+/// A link made by an agent that the QP's `connect` has not taken yet. It does nothing until
+/// taken: a tcp connection is not read, and the death of an shm peer does not fail the QP.
+pub(crate) enum Pending {
+    Shm(shm::ShmLink),
+    Tcp(std::net::TcpStream, tcp::PeerHello),
 }
 
 /// What the connection agents of a device share with its handles.
@@ -145,23 +152,36 @@ impl Registry {
     }
 
     /// Waits for the link an agent made for `qpn` from the expected peer.
+    /// Withdraws the pending link of `qpn` from the given peer (its handshake failed after
+    /// the offer); dropping it closes its connection.
+    pub(crate) fn withdraw(&self, qpn: u32, peer_device: u64, peer_qpn: u32) {
+        let mut map = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        if map
+            .get(&qpn)
+            .is_some_and(|a| a.peer_device == peer_device && a.peer_qpn == peer_qpn)
+        {
+            map.remove(&qpn);
+        }
+    }
+
+    /// Waits for the link an agent made for `qpn` from the expected peer. A link from any
+    /// other peer is discarded (its connection closed, so that peer learns it), and the wait
+    /// goes on.
     pub(crate) fn take(
         &self,
         qpn: u32,
         peer: &Endpoint,
         timeout: Duration,
-    ) -> Result<Link, ConnectError> {
+    ) -> Result<Pending, ConnectError> {
         let deadline = Instant::now() + timeout;
         let mut map = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(a) = map.get(&qpn) {
-                if a.peer_device != peer.device || a.peer_qpn != peer.qpn {
-                    return Err(ConnectError::Handshake(format!(
-                        "queue pair {qpn} was connected by device {:x} qp {}, not by the given endpoint",
-                        a.peer_device, a.peer_qpn
-                    )));
+            if let Some(a) = map.remove(&qpn) {
+                if a.peer_device == peer.device && a.peer_qpn == peer.qpn {
+                    return Ok(a.link);
                 }
-                return Ok(map.remove(&qpn).map(|a| a.link).expect("entry seen above"));
+                drop(a); // a stray dialer: close its connection
+                continue;
             }
             let now = Instant::now();
             if now >= deadline {

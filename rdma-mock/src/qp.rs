@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::cq::{CqShared, Source};
-use crate::device::{Endpoint, Listener, PdShared};
+use crate::device::{Endpoint, Listener, PdShared, Pending};
 use crate::error::{AllocError, ConnectError, PostError};
 use crate::memory::ArenaView;
 use crate::queue::{RecvQueue, SendRing};
@@ -251,7 +251,19 @@ impl QueuePair {
                 Listener::Tcp(_) => Link::Tcp(tcp::dial(&device, &self.shared, remote)?),
             }
         } else {
-            device.registry.take(self.shared.qpn, remote, timeout)?
+            match device.registry.take(self.shared.qpn, remote, timeout)? {
+                Pending::Shm(link) => {
+                    if !link.activate() {
+                        return Err(ConnectError::Handshake(
+                            "the peer went away before the connection completed".into(),
+                        ));
+                    }
+                    Link::Shm(link)
+                }
+                Pending::Tcp(stream, hello) => {
+                    Link::Tcp(tcp::activate(stream, &self.shared, &hello)?)
+                }
+            }
         };
         self.link = Some(link);
         self.shared.rq.mark_connected();

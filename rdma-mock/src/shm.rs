@@ -16,7 +16,7 @@
 //! link dead and moves the local QP to the error state, which flushes its receives and
 //! fails later sends with `RetryExceeded`.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -25,10 +25,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::device::{Accepted, Endpoint, Registry};
+use crate::device::{Accepted, Endpoint, Pending, Registry};
 use crate::error::{ConnectError, OpenError, PostError};
 use crate::memory::{arena_len_is_valid, ArenaView};
-use crate::qp::{send_completion, Link, QpShared};
+use crate::qp::{send_completion, QpShared};
 use crate::queue::{block_len, RecvQueue};
 use crate::responder::{with_rnr_retry, AtomicOp, Target};
 use crate::sys::{self, page_size, recv_with_fds, send_with_fds, Epoll, EventFd, SharedMapping};
@@ -137,11 +137,19 @@ impl PeerMemory {
     }
 }
 
+/// What a link and the agent that watches its socket share.
+struct LinkState {
+    /// Cleared when the peer's socket closes.
+    alive: AtomicBool,
+    /// Set once the QP's `connect` owns the link: only then does the peer's death fail the
+    /// QP (a stray dialer that leaves must not).
+    active: AtomicBool,
+}
+
 /// A connected shm QP's view of its peer.
 pub(crate) struct ShmLink {
     peer: PeerMemory,
-    /// Cleared by the agent when the peer's socket closes.
-    alive: Arc<AtomicBool>,
+    state: Arc<LinkState>,
     /// Number of the peer's next receive that we consume.
     rq_next: u64,
     token: u64,
@@ -149,6 +157,12 @@ pub(crate) struct ShmLink {
 }
 
 impl ShmLink {
+    /// The QP's `connect` takes this link. False if the peer already went away.
+    pub(crate) fn activate(&self) -> bool {
+        self.state.active.store(true, Ordering::SeqCst);
+        self.state.alive.load(Ordering::SeqCst)
+    }
+
     #[inline]
     pub(crate) fn post_send(&mut self, qp: &QpShared, wr: &SendWr<'_>) -> Result<(), PostError> {
         // Unpolled completions count against max_send_wr (the ring may be a little larger).
@@ -180,10 +194,10 @@ impl ShmLink {
     /// Runs the request against the peer's memory; returns the bytes moved.
     #[inline]
     fn execute(&mut self, qp: &QpShared, wr: &SendWr<'_>) -> Result<u32, WcStatus> {
-        if !self.alive.load(Ordering::Relaxed) || self.peer.rq.state() == QpState::Error {
+        if !self.state.alive.load(Ordering::Relaxed) || self.peer.rq.state() == QpState::Error {
             return Err(WcStatus::RetryExceeded);
         }
-        let alive = &*self.alive;
+        let alive = &self.state.alive;
         let mut target = Target {
             arena: ArenaView::new(&self.peer.arena),
             rq: &self.peer.rq,
@@ -330,7 +344,7 @@ enum Command {
         token: u64,
         stream: UnixStream,
         qp: Weak<QpShared>,
-        alive: Arc<AtomicBool>,
+        state: Arc<LinkState>,
     },
     Forget(u64),
     Stop,
@@ -412,27 +426,33 @@ impl Agent {
 
     /// Makes a link over `stream` and has the agent watch it for the peer hanging up.
     fn watch(&self, stream: UnixStream, qp: &Arc<QpShared>, peer: PeerMemory) -> ShmLink {
-        make_link(&self.shared, stream, qp, peer)
+        make_link(&self.shared, stream, qp, peer, true)
     }
 }
 
+/// Makes a link over `stream` and has the agent watch the socket for the peer hanging up.
+/// `active`: the QP's `connect` owns it already (the dialing side).
 fn make_link(
     agent: &Arc<AgentShared>,
     stream: UnixStream,
     qp: &Arc<QpShared>,
     peer: PeerMemory,
+    active: bool,
 ) -> ShmLink {
-    let alive = Arc::new(AtomicBool::new(true));
+    let state = Arc::new(LinkState {
+        alive: AtomicBool::new(true),
+        active: AtomicBool::new(active),
+    });
     let token = agent.next_token.fetch_add(1, Ordering::Relaxed);
     agent.command(Command::Watch {
         token,
         stream,
         qp: Arc::downgrade(qp),
-        alive: alive.clone(),
+        state: state.clone(),
     });
     ShmLink {
         peer,
-        alive,
+        state,
         rq_next: 0,
         token,
         agent: Arc::downgrade(agent),
@@ -456,7 +476,7 @@ struct Watched {
     token: u64,
     stream: UnixStream,
     qp: Weak<QpShared>,
-    alive: Arc<AtomicBool>,
+    state: Arc<LinkState>,
 }
 
 struct AgentLoop {
@@ -494,17 +514,17 @@ impl AgentLoop {
                                     token,
                                     stream,
                                     qp,
-                                    alive,
+                                    state,
                                 } => {
                                     if self.epoll.add(stream.as_raw_fd(), token).is_ok() {
                                         self.conns.push(Watched {
                                             token,
                                             stream,
                                             qp,
-                                            alive,
+                                            state,
                                         });
                                     } else {
-                                        peer_gone(&qp, &alive);
+                                        peer_gone(&qp, &state);
                                     }
                                 }
                                 Command::Forget(token) => self.forget(token, false),
@@ -519,19 +539,17 @@ impl AgentLoop {
     }
 
     /// Stops watching a connection; `hung_up` when the peer closed it (or sent junk).
+    /// Stops watching a connection: `hung_up` when the peer closed it (or sent bytes, which
+    /// it never does after the handshake), otherwise because our side dropped the link.
     fn forget(&mut self, token: u64, hung_up: bool) {
         if let Some(pos) = self.conns.iter().position(|c| c.token == token) {
-            let mut conn = self.conns.swap_remove(pos);
-            if hung_up {
-                // Nothing is sent after the handshake: any readable state means the peer is gone.
-                let mut byte = [0u8; 1];
-                let _ = conn.stream.set_nonblocking(true);
-                if let Ok(1) = conn.stream.read(&mut byte) {
-                    // A stray byte: the peer misbehaves; treat it as gone all the same.
-                }
-            }
+            let conn = self.conns.swap_remove(pos);
             self.epoll.remove(conn.stream.as_raw_fd());
-            peer_gone(&conn.qp, &conn.alive);
+            if hung_up {
+                peer_gone(&conn.qp, &conn.state);
+            } else {
+                conn.state.alive.store(false, Ordering::SeqCst);
+            }
         }
     }
 
@@ -539,112 +557,107 @@ impl AgentLoop {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if let Err(e) = self.handshake(stream) {
-                        // The dialer sees the refusal or the closed socket; nothing to keep.
-                        let _ = e;
-                    }
+                    // Each handshake on its own thread: a dialer that says nothing must hold up
+                    // neither other connections nor the watch over live ones.
+                    let (agent, registry) = (self.shared.clone(), self.registry.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("rdma-mock-shm-handshake".into())
+                        .spawn(move || handshake(&agent, &registry, stream));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return, // WouldBlock: all taken; anything else: try at the next event
             }
         }
     }
+}
 
-    /// Answers a dialer's hello: maps its memory, replies with ours, hands the link to the
-    /// local QP's `connect`.
-    fn handshake(&mut self, stream: UnixStream) -> io::Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let mut buf = [0u8; 512];
-        let (n, fds) = recv_with_fds(&stream, &mut buf)?;
-        let refuse = |why: String| -> io::Result<()> {
-            let reply = Hello {
-                kind: KIND_REFUSE,
-                device: self.shared.uid,
-                qpn: 0,
-                to_qpn: 0,
-                to_device: 0,
-                rq_depth: 0,
-            };
-            let mut msg = reply.encode().to_vec();
-            msg.extend_from_slice(why.as_bytes());
-            send_with_fds(&stream, &msg, &[])?;
-            Err(io::Error::other(why))
-        };
-        // Peers map each other's memory: refuse other users before looking at anything.
-        let uid = sys::peer_uid(&stream)?;
-        if uid != sys::own_uid() {
-            return refuse(format!(
-                "connections from user {uid} are refused: the shm fabric connects processes of one user"
-            ));
-        }
-        let hello = match Hello::decode(&buf[..n]) {
-            Ok(h) if h.kind == KIND_HELLO => h,
-            Ok(_) => return refuse("expected a hello".into()),
-            Err(why) => return refuse(why),
-        };
-        if hello.to_device != self.shared.uid {
-            return refuse(format!(
-                "device {:016x} is not here (stale endpoint?)",
-                hello.to_device
-            ));
-        }
-        let Some(qp) = self.registry.qp(hello.to_qpn) else {
-            return refuse(format!("no queue pair {} on this device", hello.to_qpn));
-        };
-        if qp.state() != QpState::Init {
-            return refuse(format!("queue pair {} is already connected", hello.to_qpn));
-        }
-        let peer = match PeerMemory::map(&hello, fds) {
-            Ok(p) => p,
-            Err(e) => return refuse(format!("cannot map the dialer's memory: {e}")),
-        };
+/// Answers a dialer's hello: checks it, maps its memory, offers the link to the local QP's
+/// `connect`, and replies with our descriptors. Refusals say why.
+fn handshake(agent: &Arc<AgentShared>, registry: &Registry, stream: UnixStream) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let refuse = |why: String| -> io::Result<()> {
         let reply = Hello {
-            kind: KIND_HELLO,
-            device: self.shared.uid,
-            qpn: qp.qpn,
-            to_qpn: hello.qpn,
-            to_device: hello.device,
-            rq_depth: qp.rq.depth(),
+            kind: KIND_REFUSE,
+            device: agent.uid,
+            qpn: 0,
+            to_qpn: 0,
+            to_device: 0,
+            rq_depth: 0,
         };
-        // Offer first, so a second dialer for the same QP is refused before we reply.
-        let alive = Arc::new(AtomicBool::new(true));
-        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
-        let link = ShmLink {
-            peer,
-            alive: alive.clone(),
-            rq_next: 0,
-            token,
-            agent: Arc::downgrade(&self.shared),
-        };
-        let accepted = Accepted {
-            peer_device: hello.device,
-            peer_qpn: hello.qpn,
-            link: Link::Shm(link),
-        };
-        if !self.registry.offer(qp.qpn, accepted) {
-            return refuse(format!(
-                "queue pair {} is already being connected",
-                hello.to_qpn
-            ));
-        }
-        send_with_fds(&stream, &reply.encode(), &qp_fds(&qp))?;
-        stream.set_read_timeout(None)?;
-        self.epoll.add(stream.as_raw_fd(), token)?;
-        self.conns.push(Watched {
-            token,
-            stream,
-            qp: Arc::downgrade(&qp),
-            alive,
-        });
-        Ok(())
+        let mut msg = reply.encode().to_vec();
+        msg.extend_from_slice(why.as_bytes());
+        send_with_fds(&stream, &msg, &[])?;
+        Err(io::Error::other(why))
+    };
+    // Peers map each other's memory: refuse other users before looking at anything.
+    let uid = sys::peer_uid(&stream)?;
+    if uid != sys::own_uid() {
+        return refuse(format!(
+            "connections from user {uid} are refused: the shm fabric connects processes of one user"
+        ));
     }
+    let mut buf = [0u8; 512];
+    let (n, fds) = recv_with_fds(&stream, &mut buf)?;
+    let hello = match Hello::decode(&buf[..n]) {
+        Ok(h) if h.kind == KIND_HELLO => h,
+        Ok(_) => return refuse("expected a hello".into()),
+        Err(why) => return refuse(why),
+    };
+    if hello.to_device != agent.uid {
+        return refuse(format!(
+            "device {:016x} is not here (stale endpoint?)",
+            hello.to_device
+        ));
+    }
+    let Some(qp) = registry.qp(hello.to_qpn) else {
+        return refuse(format!("no queue pair {} on this device", hello.to_qpn));
+    };
+    if qp.state() != QpState::Init {
+        return refuse(format!("queue pair {} is already connected", hello.to_qpn));
+    }
+    let peer = match PeerMemory::map(&hello, fds) {
+        Ok(p) => p,
+        Err(e) => return refuse(format!("cannot map the dialer's memory: {e}")),
+    };
+    // Offer first, so that a second dialer for the same QP is refused before we reply. The
+    // link is not active until `connect` takes it: if this dialer leaves, the QP stays fine.
+    let link = make_link(agent, stream.try_clone()?, &qp, peer, false);
+    let accepted = Accepted {
+        peer_device: hello.device,
+        peer_qpn: hello.qpn,
+        link: Pending::Shm(link),
+    };
+    if !registry.offer(qp.qpn, accepted) {
+        return refuse(format!(
+            "queue pair {} is already being connected",
+            hello.to_qpn
+        ));
+    }
+    let reply = Hello {
+        kind: KIND_HELLO,
+        device: agent.uid,
+        qpn: qp.qpn,
+        to_qpn: hello.qpn,
+        to_device: hello.device,
+        rq_depth: qp.rq.depth(),
+    };
+    if let Err(e) = send_with_fds(&stream, &reply.encode(), &qp_fds(&qp)) {
+        registry.withdraw(qp.qpn, hello.device, hello.qpn);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// The peer of a link went away: fail our QP so its work is flushed, receives it had
 /// claimed and never completed included.
-fn peer_gone(qp: &Weak<QpShared>, alive: &AtomicBool) {
-    alive.store(false, Ordering::Release);
+fn peer_gone(qp: &Weak<QpShared>, state: &LinkState) {
+    state.alive.store(false, Ordering::SeqCst);
+    // A link `connect` has not taken (a stray or vanished dialer) leaves the QP alone; one
+    // taken concurrently sees `alive` cleared in `activate` (both sides use SeqCst).
+    if !state.active.load(Ordering::SeqCst) {
+        return;
+    }
     if let Some(qp) = qp.upgrade() {
         qp.deliverer_gone.store(true, Ordering::Release);
         qp.fail();
@@ -755,8 +768,11 @@ mod tests {
         // What a peer's post_send does first ...
         assert!(shared.rq.claim(0));
         // ... then it is killed, and the agent sees its socket close.
-        let alive = AtomicBool::new(true);
-        peer_gone(&Arc::downgrade(&shared), &alive);
+        let state = LinkState {
+            alive: AtomicBool::new(true),
+            active: AtomicBool::new(true),
+        };
+        peer_gone(&Arc::downgrade(&shared), &state);
         let mut wc = [WorkCompletion::default(); 4];
         let mut got = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -772,5 +788,76 @@ mod tests {
 
     fn dev_qp_shared(qp: &crate::QueuePair) -> Arc<QpShared> {
         qp.shared().clone()
+    }
+
+    fn shm_qp() -> (
+        crate::Device,
+        crate::ProtectionDomain,
+        crate::CompletionQueue,
+    ) {
+        use crate::{Device, DeviceConfig, Fabric};
+        let dev = Device::open(DeviceConfig::new(Fabric::Shm)).expect("device");
+        let pd = dev.alloc_pd().expect("pd");
+        let cq = dev.create_cq(None).expect("cq");
+        (dev, pd, cq)
+    }
+
+    #[test]
+    fn a_silent_dialer_does_not_hold_up_other_connections() {
+        use crate::QpConfig;
+        let (_dev, pd, cq) = shm_qp();
+        let mut a = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let mut b = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let addr = SocketAddr::from_abstract_name(a.endpoint().address.as_bytes()).expect("name");
+        let _silent = UnixStream::connect_addr(&addr).expect("connect");
+        let started = std::time::Instant::now();
+        let (ea, eb) = (a.endpoint(), b.endpoint());
+        let t = std::thread::spawn(move || {
+            b.connect(&ea).expect("connect b");
+            b
+        });
+        a.connect(&eb).expect("connect a");
+        drop(t.join().expect("thread"));
+        assert!(
+            started.elapsed() < HANDSHAKE_TIMEOUT,
+            "the silent dialer held up the agent"
+        );
+    }
+
+    /// A dialer that completes its handshake and leaves before the owner calls `connect`:
+    /// `connect` says so, and the QP is left unharmed (still waiting, usable).
+    #[test]
+    fn a_dialer_that_leaves_before_connect_is_reported() {
+        use crate::{ConnectError, QpConfig, QpState};
+        let (_dev, pd, cq) = shm_qp();
+        let mut qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let (_dev2, pd2, cq2) = shm_qp();
+        let donor = pd2.create_qp(&cq2, &cq2, QpConfig::default()).expect("qp");
+        let ours = qp.endpoint();
+        {
+            let addr = SocketAddr::from_abstract_name(ours.address.as_bytes()).expect("name");
+            let stream = UnixStream::connect_addr(&addr).expect("connect");
+            let hello = Hello {
+                kind: KIND_HELLO,
+                device: 0,
+                qpn: 9,
+                to_qpn: ours.qpn,
+                to_device: ours.device,
+                rq_depth: donor.shared().rq.depth(),
+            };
+            send_with_fds(&stream, &hello.encode(), &qp_fds(donor.shared())).expect("hello");
+            let mut buf = [0u8; 512];
+            let (n, _fds) = recv_with_fds(&stream, &mut buf).expect("reply");
+            assert_eq!(Hello::decode(&buf[..n]).expect("reply").kind, KIND_HELLO);
+        } // the dialer leaves
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut expected = ours.clone();
+        expected.device = 0;
+        expected.qpn = 9;
+        match qp.connect(&expected) {
+            Err(ConnectError::Handshake(why)) => assert!(why.contains("went away"), "{why}"),
+            other => panic!("connect to a departed dialer: {other:?}"),
+        }
+        assert_eq!(qp.state(), QpState::Init);
     }
 }

@@ -31,9 +31,9 @@ use conn::{lock, Outstanding};
 use inbound::{connection_lost, flush_all, Inbound};
 use wire::*;
 
-use crate::device::{Accepted, DeviceConfig, DeviceShared, Endpoint, Registry};
+use crate::device::{Accepted, DeviceConfig, DeviceShared, Endpoint, Pending, Registry};
 use crate::error::{ConnectError, OpenError, PostError};
-use crate::qp::{send_completion, Link, QpShared};
+use crate::qp::{send_completion, QpShared};
 use crate::responder::{Gather, Scatter};
 use crate::types::{QpState, SendOp, SendWr, WcStatus};
 
@@ -295,17 +295,38 @@ fn accept(uid: u64, registry: &Registry, stream: TcpStream) -> io::Result<()> {
             &format!("queue pair {} is already connected", hello.to_qpn),
         );
     }
-    let reply = Hello::of(&qp, uid, (hello.device, hello.qpn));
-    (&stream).write_all(&reply.encode())?;
-    let link = start_link(stream, &qp, &hello)?;
+    // Offer first, so that a second dialer for the same QP is refused before we reply; the
+    // connection is read only once the QP's `connect` takes it.
     let accepted = Accepted {
         peer_device: hello.device,
         peer_qpn: hello.qpn,
-        link: Link::Tcp(link),
+        link: Pending::Tcp(stream.try_clone()?, PeerHello(hello)),
     };
-    // A second dialer for the same QP loses: dropping its link closes its connection.
-    registry.offer(qp.qpn, accepted);
+    if !registry.offer(qp.qpn, accepted) {
+        return send_refusal(
+            &stream,
+            uid,
+            &format!("queue pair {} is already being connected", hello.to_qpn),
+        );
+    }
+    let reply = Hello::of(&qp, uid, (hello.device, hello.qpn));
+    if let Err(e) = (&stream).write_all(&reply.encode()) {
+        registry.withdraw(qp.qpn, hello.device, hello.qpn);
+        return Err(e);
+    }
     Ok(())
+}
+
+/// The hello of a dialer whose connection waits for the QP's `connect`.
+pub(crate) struct PeerHello(Hello);
+
+/// Starts the link of an accepted connection that the QP's `connect` took.
+pub(crate) fn activate(
+    stream: TcpStream,
+    qp: &Arc<QpShared>,
+    hello: &PeerHello,
+) -> Result<TcpLink, ConnectError> {
+    start_link(stream, qp, &hello.0).map_err(|e| ConnectError::Handshake(e.to_string()))
 }
 
 #[cfg(test)]
@@ -313,6 +334,7 @@ mod tests {
     use super::wire::*;
     use super::*;
     use crate::RemoteAddr;
+    use std::io::Read;
 
     use crate::{
         Access, Device, DeviceConfig, Fabric, QpConfig, QpState, RecvWr, WcStatus, WorkCompletion,
@@ -417,5 +439,68 @@ mod tests {
         assert_eq!((wc[0].wr_id, wc[0].status), (7, WcStatus::WrFlushError));
         assert_eq!(qp.state(), QpState::Error);
         assert!(region.to_vec().iter().all(|&b| b == 0));
+    }
+
+    /// A stray dialer (another identity) sends a hello and then a WRITE before the QP's
+    /// owner calls `connect`: nothing it sends reaches the QP's memory, its link is
+    /// discarded (its connection closed), and the expected peer connects afterwards.
+    #[test]
+    fn a_stray_dialer_is_discarded_and_never_touches_memory() {
+        let (_dev, pd, cq) = device();
+        let mut qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+        let region = pd.register(64, Access::ALL).expect("region");
+        let ours = qp.endpoint();
+        let stray = TcpStream::connect(&ours.address).expect("connect");
+        (&stray)
+            .write_all(&Hello::of_raw(5, 5, ours.device, ours.qpn).encode())
+            .expect("hello");
+        read_hello(&stray).expect("reply").expect("offered");
+        let write = Request {
+            op: 0,
+            flags: FLAG_ACK,
+            len: 4,
+            seq: 0,
+            remote: RemoteAddr {
+                addr: region.addr(),
+                rkey: region.rkey(),
+            },
+            imm: 0,
+            operand1: 0,
+            operand2: 0,
+        };
+        (&stray).write_all(&write.encode()).expect("frame");
+        (&stray).write_all(b"evil").expect("payload");
+        // The owner expects identity (0, 7); the smaller identity dials, so we wait.
+        let mut expected = ours.clone();
+        expected.device = 0;
+        expected.qpn = 7;
+        let waiter = std::thread::spawn(move || {
+            let result = qp.connect(&expected);
+            (qp, result)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let real = TcpStream::connect(&ours.address).expect("connect");
+        (&real)
+            .write_all(&Hello::of_raw(0, 7, ours.device, ours.qpn).encode())
+            .expect("hello");
+        let accepted = read_hello(&real).expect("reply");
+        let (qp, result) = waiter.join().expect("waiter");
+        assert!(
+            accepted.is_ok(),
+            "the expected peer was refused: {accepted:?}"
+        );
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(qp.state(), QpState::ReadyToSend);
+        // The stray's connection was closed, and its WRITE never landed.
+        let mut buf = [0u8; 1];
+        stray
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        assert!(
+            matches!((&stray).read(&mut buf), Ok(0) | Err(_)),
+            "the stray's link stayed open"
+        );
+        assert_eq!(&region.to_vec()[..4], &[0, 0, 0, 0]);
+        drop(real);
     }
 }
