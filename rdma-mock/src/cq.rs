@@ -19,7 +19,8 @@ use crate::qp::QpShared;
 use crate::sys::{page_size, EventFd, SharedMapping};
 use crate::types::WorkCompletion;
 
-/// The wake-up line of one or more completion queues (`ibv_comp_channel`).
+/// The wake-up line of one or more completion queues (`ibv_comp_channel`). Like a verbs
+/// channel, it is meant for one waiting thread: with two, one may take the other's wake-up.
 #[derive(Debug, Clone)]
 pub struct CompletionChannel {
     pub(crate) event: Arc<EventFd>,

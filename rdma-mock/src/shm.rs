@@ -565,7 +565,13 @@ impl AgentLoop {
                         .spawn(move || handshake(&agent, &registry, stream));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return, // WouldBlock: all taken; anything else: try at the next event
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // Out of descriptors, say: the listener stays readable, so back off instead
+                // of spinning on the error.
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    return;
+                }
             }
         }
     }

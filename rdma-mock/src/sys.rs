@@ -151,20 +151,25 @@ impl EventFd {
     /// Waits until the counter is non-zero, then reads and resets it. `None` waits forever.
     /// Returns the counter (0 on timeout).
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> io::Result<u64> {
-        if !poll_readable(self.0.as_raw_fd(), timeout)? {
-            return Ok(0);
-        }
-        let mut value: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from an eventfd we own.
-        let n = unsafe { libc::read(self.0.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
-        if n == 8 {
-            Ok(value)
-        } else {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            if !poll_readable(self.0.as_raw_fd(), left)? {
+                return Ok(0);
+            }
+            let mut value: u64 = 0;
+            // SAFETY: reads 8 bytes into a live u64 from an eventfd we own.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+            if n == 8 {
+                return Ok(value);
+            }
             let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock {
-                Ok(0) // another waiter took it first
-            } else {
-                Err(err)
+            // Another waiter of the same channel took it first: wait on.
+            if !matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
+                return Err(err);
             }
         }
     }
@@ -195,6 +200,30 @@ pub(crate) fn poll_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<
             _ => return Ok(true),
         }
     }
+}
+
+/// Makes a dead or partitioned peer of a TCP connection noticed within about 20 s even when
+/// nothing is sent (keepalive probes) and when sent data is never acknowledged
+/// (TCP_USER_TIMEOUT), so that outstanding requests are failed instead of waiting forever.
+pub(crate) fn tcp_detect_dead_peers(sock: &std::net::TcpStream) -> io::Result<()> {
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| -> io::Result<()> {
+        // SAFETY: setsockopt reads one c_int that lives for the call.
+        check(unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })
+        .map(|_| ())
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 2)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 5)?;
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 20_000)
 }
 
 /// The user id of the process at the other end of a Unix socket (`SO_PEERCRED`).

@@ -142,6 +142,7 @@ impl Drop for TcpLink {
 /// Starts the progress and flusher threads of a connection and returns our link.
 fn start_link(stream: TcpStream, qp: &Arc<QpShared>, peer: &Hello) -> io::Result<TcpLink> {
     stream.set_nodelay(true)?;
+    crate::sys::tcp_detect_dead_peers(&stream)?;
     stream.set_read_timeout(None)?;
     let conn = Arc::new(Conn::new(
         &stream,
@@ -228,13 +229,17 @@ impl Listener {
                     if stop_flag.load(Ordering::Acquire) {
                         return;
                     }
-                    if let Ok(stream) = stream {
-                        // Each handshake on its own thread: a dialer that says nothing must
-                        // not hold up the others until its handshake times out.
-                        let registry = registry.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("rdma-mock-tcp-accept".into())
-                            .spawn(move || accept(uid, &registry, stream));
+                    match stream {
+                        Ok(stream) => {
+                            // Each handshake on its own thread: a dialer that says nothing must
+                            // not hold up the others until its handshake times out.
+                            let registry = registry.clone();
+                            let _ = std::thread::Builder::new()
+                                .name("rdma-mock-tcp-accept".into())
+                                .spawn(move || accept(uid, &registry, stream));
+                        }
+                        // Out of descriptors, say: back off instead of spinning on the error.
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
                 }
             })
