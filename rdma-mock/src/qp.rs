@@ -224,7 +224,10 @@ impl QueuePair {
     }
 
     /// Connects to the peer queue pair at `remote`, which must call `connect` with this
-    /// queue pair's endpoint too. Returns when both sides are linked.
+    /// queue pair's endpoint too. The side with the smaller identity dials and returns once
+    /// the peer's device accepted; the other waits for that link (up to the device's connect
+    /// timeout). A link from any other peer is discarded meanwhile. Requests may be posted
+    /// at once: the peer applies them once its own `connect` took the link.
     ///
     /// # Errors
     /// Wrong fabric, already connected, peer unreachable or refusing, or the peer did not
