@@ -227,7 +227,8 @@ impl QueuePair {
     /// queue pair's endpoint too. The side with the smaller identity dials and returns once
     /// the peer's device accepted; the other waits for that link (up to the device's connect
     /// timeout). A link from any other peer is discarded meanwhile. Requests may be posted
-    /// at once: the peer applies them once its own `connect` took the link.
+    /// at once (on tcp the peer applies them once its own `connect` took the link; on shm
+    /// they land at once, as with a peer QP already in RTR).
     ///
     /// # Errors
     /// Wrong fabric, already connected, peer unreachable or refusing, or the peer did not
