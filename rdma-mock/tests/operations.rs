@@ -1038,3 +1038,36 @@ fn tcp_error_state_flushes_unacknowledged_unsignaled_requests() {
         assert_eq!(a.next_wc().wr_id, i);
     }
 }
+
+/// tcp: READ data is placed when it arrives, after checking the lkey then, as an HCA does:
+/// a destination deregistered meanwhile gives a local protection error, and the bytes go
+/// nowhere (not into whatever reuses the space).
+#[test]
+fn tcp_read_into_a_region_deregistered_before_the_data_arrives() {
+    let (mut a, mut b) = pair_with(Fabric::Tcp, patient(), patient());
+    let src = b.region(64);
+    src.write(0, b"remote bytes");
+    let inbox = b.region(64);
+    // A SEND that waits at b for a receive holds up the READ queued behind it.
+    a.post(SendWr::inline(1, SendOp::Send, b"hold"));
+    let dst = a.region(64);
+    a.post(SendWr::new(
+        2,
+        SendOp::Read {
+            remote: src.remote(0),
+        },
+        &[dst.sge(0, 12)],
+    ));
+    drop(dst);
+    let reuse = a.region(64); // likely the same arena space
+    b.post_recv(9, &[inbox.sge(0, 64)]);
+    let got = drain(&mut a.cq, Duration::from_millis(300));
+    assert_eq!(
+        got,
+        [(1, WcStatus::Success), (2, WcStatus::LocalProtectionError)]
+    );
+    assert!(
+        reuse.to_vec().iter().all(|&x| x == 0),
+        "READ data landed in a reused region"
+    );
+}

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::inbound::Inbound;
 use crate::qp::QpShared;
-use crate::responder::Scatter;
-use crate::types::SendOp;
+use crate::types::{SendOp, Sge, MAX_SGE};
 
 /// A request we sent and that has not been acknowledged.
 pub(super) struct Outstanding {
@@ -27,8 +26,10 @@ pub(super) struct Outstanding {
     pub(super) op: SendOp,
     pub(super) signaled: bool,
     pub(super) len: u32,
-    /// Where READ data or an atomic's old value goes.
-    pub(super) scatter: Scatter,
+    /// Where READ data or an atomic's old value goes: the scatter list itself, resolved
+    /// again when the data arrives (the region may have been deregistered meanwhile).
+    pub(super) sgl: [Sge; MAX_SGE],
+    pub(super) sge_count: usize,
 }
 
 /// State of a connection shared by the poster, the application's polls, the progress

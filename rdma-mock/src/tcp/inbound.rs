@@ -23,6 +23,7 @@ use super::conn::{lock, Conn, Outstanding};
 use super::wire::*;
 use crate::qp::{send_completion, QpShared};
 use crate::responder::{AtomicOp, Gather, Refusal, Scatter, Target};
+use crate::types::Payload;
 use crate::types::{Access, QpConfig, QpState, WcStatus};
 
 /// Reading state of one connection.
@@ -304,12 +305,21 @@ fn response(conn: &Conn, qp: &QpShared, frame: &[u8]) {
             break;
         }
         let o = outstanding.pop_front().expect("front exists");
-        if o.seq < seq || status == WcStatus::Success {
-            if o.seq == seq && !payload.is_empty() && payload.len() >= o.scatter.total() {
-                // SAFETY: the scatter pieces are registered memory resolved at post time
-                // with room for total() bytes; the payload holds at least that many.
-                unsafe { o.scatter.fill_from(payload.as_ptr()) };
+        let mut status = status;
+        if o.seq == seq && status == WcStatus::Success && !payload.is_empty() {
+            // Resolve the destination now, as an HCA checks the lkey when the data lands: a
+            // region deregistered meanwhile is a local protection error.
+            match qp.scatter(&Payload::Sgl(&o.sgl[..o.sge_count])) {
+                Ok(dst) if payload.len() >= dst.total() => {
+                    // SAFETY: `dst` was resolved just now inside registered memory with room
+                    // for total() bytes; the payload holds at least that many.
+                    unsafe { dst.fill_from(payload.as_ptr()) };
+                }
+                Ok(_) => status = WcStatus::RemoteInvalidRequest,
+                Err(local) => status = local,
             }
+        }
+        if o.seq < seq || status == WcStatus::Success {
             if o.signaled {
                 qp.push_send_completion(send_completion(
                     qp,

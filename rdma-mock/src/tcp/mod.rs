@@ -35,7 +35,7 @@ use crate::device::{Accepted, DeviceConfig, DeviceShared, Endpoint, Pending, Reg
 use crate::error::{ConnectError, OpenError, PostError};
 use crate::qp::{send_completion, QpShared};
 use crate::responder::{Gather, Scatter};
-use crate::types::{QpState, SendOp, SendWr, WcStatus};
+use crate::types::{Payload, QpState, SendOp, SendWr, Sge, WcStatus, MAX_SGE};
 
 /// A connected tcp QP's side of its connection.
 pub(crate) struct TcpLink {
@@ -98,13 +98,22 @@ impl TcpLink {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let mut sgl = [Sge::default(); MAX_SGE];
+        let mut sge_count = 0;
+        if needs_response {
+            if let Payload::Sgl(list) = wr.payload {
+                sgl[..list.len()].copy_from_slice(list);
+                sge_count = list.len();
+            }
+        }
         outstanding.push_back(Outstanding {
             seq,
             wr_id: wr.wr_id,
             op: wr.op,
             signaled: wr.signaled,
             len,
-            scatter,
+            sgl,
+            sge_count,
         });
         drop(outstanding);
         let request = Request::of(wr, seq, len, ack);
