@@ -63,6 +63,12 @@ fn connect_responder_with(fabric: Fabric, recvs: usize, access: &str) -> (Side, 
         ("ACCESS", access.to_string()),
     ];
     let mut peer = Peer::spawn("responder", &env);
+    let hello = link_to_responder(&mut side, &mut peer);
+    (side, peer, hello.region)
+}
+
+/// Exchanges hellos with a responder child and connects `side` to it; returns its hello.
+fn link_to_responder(side: &mut Side, peer: &mut Peer) -> Hello {
     let hello: Hello = peer.recv_json();
     let local = side.region(64);
     peer.send_json(&Hello {
@@ -73,7 +79,7 @@ fn connect_responder_with(fabric: Fabric, recvs: usize, access: &str) -> (Side, 
         .connect(&hello.endpoint)
         .expect("connect to responder");
     assert_eq!(peer.recv(), "connected");
-    (side, peer, hello.region)
+    hello
 }
 
 fn dump(peer: &mut Peer, offset: usize, len: usize) -> Vec<u8> {
@@ -526,20 +532,13 @@ fn tcp_across_network_namespaces() {
         ("TCP_LISTEN", format!("{}:0", host.its_ip)),
     ];
     let mut peer = Peer::spawn_via(&["ip", "netns", "exec", &ns], "responder", &env);
-    let hello: Hello = peer.recv_json();
+    let hello = link_to_responder(&mut a, &mut peer);
     assert!(
         hello.endpoint.address.starts_with(&host.its_ip),
         "{:?}",
         hello.endpoint
     );
     let local = a.region(4096);
-    peer.send_json(&Hello {
-        endpoint: a.qp.endpoint(),
-        region: RegionInfo::of(&local),
-    });
-    a.qp.connect(&hello.endpoint)
-        .expect("connect across namespaces");
-    assert_eq!(peer.recv(), "connected");
     let region = hello.region;
 
     local.write(0, &pattern(3000, 4));
