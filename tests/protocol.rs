@@ -6,8 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU64;
 
 use proptest::prelude::*;
-use rafi::fabric::{Endpoint, Fabric};
+use rafi::fabric::{Endpoint, FabricKind};
 use rafi::protocol::*;
+use rdma_mock::Fabric;
 
 // ---------------------------------------------------------------------------------------
 // Allocation counting (per thread), for the hot-path test.
@@ -1366,12 +1367,12 @@ proptest! {
 // ---------------------------------------------------------------------------------------
 
 fn endpoint(fabric: Fabric, qpn: u32) -> Endpoint {
-    Endpoint {
+    Endpoint::Mock(rdma_mock::Endpoint {
         fabric,
         address: "rdma-mock-4242".into(),
         device: 0x1234_5678,
         qpn,
-    }
+    })
 }
 
 fn hello(workers: usize) -> ClientHello {
@@ -1426,7 +1427,7 @@ fn handshake_happy_path_through_json_lines() {
         .into_hello()
         .unwrap();
     assert_eq!(got, h);
-    let admission = got.admit(Fabric::Shm, 4, catalog).unwrap();
+    let admission = got.admit(FabricKind::Shm, 4, catalog).unwrap();
     assert_eq!(admission.geometry, SlotGeometry::DEFAULT);
     assert_eq!(admission.functions, vec!["echo", "black_scholes"]);
 
@@ -1475,7 +1476,7 @@ fn handshake_json_shape() {
 fn unknown_functions_are_refused_all_at_once() {
     let mut h = hello(1);
     h.functions = vec!["echo".into(), "fft".into(), "matmul".into(), "sort".into()];
-    let err = h.admit(Fabric::Shm, 1, catalog).unwrap_err();
+    let err = h.admit(FabricKind::Shm, 1, catalog).unwrap_err();
     assert_eq!(
         err,
         HandshakeError::UnknownFunctions {
@@ -1496,7 +1497,7 @@ fn unknown_functions_are_refused_all_at_once() {
 fn version_mismatch_is_a_clear_error() {
     let mut h = hello(1);
     h.version = PROTOCOL_VERSION + 1;
-    let err = h.admit(Fabric::Shm, 1, catalog).unwrap_err();
+    let err = h.admit(FabricKind::Shm, 1, catalog).unwrap_err();
     assert_eq!(
         err,
         HandshakeError::VersionMismatch {
@@ -1536,7 +1537,7 @@ fn version_mismatch_is_a_clear_error() {
 
 #[test]
 fn executor_refuses_bad_hellos() {
-    let refuse = |h: ClientHello, workers| h.admit(Fabric::Shm, workers, catalog).unwrap_err();
+    let refuse = |h: ClientHello, workers| h.admit(FabricKind::Shm, workers, catalog).unwrap_err();
     let mut h = hello(1);
     h.slot_size = 1000;
     assert_eq!(
@@ -1558,7 +1559,7 @@ fn executor_refuses_bad_hellos() {
         }
     );
     let mut h = hello(2);
-    h.workers[1].endpoint.fabric = Fabric::Tcp;
+    h.workers[1].endpoint = endpoint(Fabric::Tcp, 11);
     assert_eq!(
         refuse(h, 2),
         HandshakeError::FabricMismatch {
@@ -1639,7 +1640,7 @@ fn client_refuses_bad_replies() {
         })
     ));
     let mut r = reply_to(&h);
-    r.workers[1].endpoint.fabric = Fabric::Tcp;
+    r.workers[1].endpoint = endpoint(Fabric::Tcp, 101);
     assert!(matches!(
         r.check(&h),
         Err(HandshakeError::FabricMismatch { worker: 1, .. })

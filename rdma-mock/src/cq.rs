@@ -202,6 +202,28 @@ impl CompletionQueue {
         fence(Ordering::SeqCst);
     }
 
+    /// Prepares to sleep on the channel from an event loop (tokio's `AsyncFd`, epoll):
+    /// arms the queue and, on tcp, hands progress to the connections' threads. Poll once
+    /// more after `arm` and sleep only if that poll found nothing; [`Self::wait`] does
+    /// exactly this for a blocking thread.
+    pub fn arm(&mut self) {
+        self.req_notify();
+        self.hand_over_progress();
+    }
+
+    /// On tcp the progress thread must take over before the application sleeps (after its
+    /// last poll, which counts as polling).
+    fn hand_over_progress(&mut self) {
+        if self.shared.generation.load(Ordering::Acquire) != self.seen_generation {
+            self.refresh();
+        }
+        for source in &self.sources {
+            if let Some(conn) = source.qp.tcp.get() {
+                conn.app_stops_polling();
+            }
+        }
+    }
+
     /// The channel this queue signals, if it has one.
     pub fn channel(&self) -> Option<&CompletionChannel> {
         self.shared.channel.as_ref()
@@ -230,13 +252,7 @@ impl CompletionQueue {
             if n > 0 {
                 return Ok(n);
             }
-            // On tcp the progress thread must take over before we sleep (after our last
-            // poll, which counts as polling).
-            for source in &self.sources {
-                if let Some(conn) = source.qp.tcp.get() {
-                    conn.app_stops_polling();
-                }
-            }
+            self.hand_over_progress();
             let remaining = match deadline {
                 None => None,
                 Some(d) => match d.checked_duration_since(Instant::now()) {

@@ -73,6 +73,10 @@ pub enum PostError {
     NotConnected,
     #[error("a message of {len} bytes exceeds the limit of {max} bytes")]
     MessageTooLarge { len: u64, max: u32 },
+    /// Only from hardware backends (rafi's verbs fabric): the provider refused the request
+    /// with this errno for a reason the checks above do not name.
+    #[error("the RDMA device refused the request (errno {errno})")]
+    Rejected { errno: i32 },
 }
 
 /// Waiting for a completion event failed.

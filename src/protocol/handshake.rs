@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 
-use rdma_mock::{Endpoint, Fabric};
+use crate::fabric::{Endpoint, FabricKind};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -244,12 +244,12 @@ fn check_region(
     Ok(())
 }
 
-fn check_fabric(worker: usize, ours: Fabric, theirs: &Endpoint) -> Result<(), HandshakeError> {
-    if theirs.fabric != ours {
+fn check_fabric(worker: usize, ours: FabricKind, theirs: &Endpoint) -> Result<(), HandshakeError> {
+    if theirs.kind() != ours {
         return Err(HandshakeError::FabricMismatch {
             worker,
             ours: ours.name(),
-            theirs: theirs.fabric.name(),
+            theirs: theirs.kind().name(),
         });
     }
     Ok(())
@@ -282,7 +282,7 @@ impl ClientHello {
     /// [`HandshakeError`]; answer it with [`ErrorMessage::from_error`].
     pub fn admit<T>(
         &self,
-        fabric: Fabric,
+        fabric: FabricKind,
         available_workers: u32,
         mut resolve: impl FnMut(&str) -> Option<T>,
     ) -> Result<Admission<T>, HandshakeError> {
@@ -384,7 +384,7 @@ impl ExecutorReply {
             });
         }
         for (i, (ours, theirs)) in hello.workers.iter().zip(&self.workers).enumerate() {
-            check_fabric(i, ours.endpoint.fabric, &theirs.endpoint)?;
+            check_fabric(i, ours.endpoint.kind(), &theirs.endpoint)?;
             check_region(i, "request", &theirs.request_region, geometry)?;
         }
         Ok(geometry)
