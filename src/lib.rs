@@ -11,6 +11,9 @@
 // block with a SAFETY comment; everything else is safe Rust.
 #![deny(unsafe_code)]
 
+pub mod client;
+pub mod control;
+pub mod executor;
 pub mod fabric;
 
 pub mod protocol;

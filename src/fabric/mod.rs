@@ -35,8 +35,13 @@ mod error;
 // trait's raw-pointer accessors and the mock regions' promise to honour them.
 #[allow(unsafe_code)]
 mod mock;
+#[cfg(feature = "tokio")]
+#[allow(unsafe_code)]
+pub mod reactor;
 #[allow(unsafe_code)]
 mod region;
+#[allow(unsafe_code)]
+mod slots;
 
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -49,6 +54,7 @@ pub use rdma_mock::{
     WaitError, WcOpcode, WcStatus, WorkCompletion,
 };
 pub use region::MemoryRegion;
+pub use slots::SlotRegion;
 
 /// An open RDMA device of one backend. Cheap to clone; everything made from it keeps it
 /// alive.
@@ -128,7 +134,8 @@ pub trait CompletionChannel: Clone + Send + Sync + std::fmt::Debug {
     fn get_event(&self, timeout: Option<Duration>) -> Result<u64, WaitError>;
 
     /// A file descriptor that becomes readable on an event, for event loops; read events
-    /// with [`Self::get_event`] once it is readable.
+    /// with [`Self::get_event`] once it is readable. It is the same open descriptor for as
+    /// long as any handle on the channel lives (event loops rely on it).
     fn as_raw_fd(&self) -> RawFd;
 }
 

@@ -140,6 +140,12 @@ pub enum ControlMessage {
     Hello(ClientHello),
     Accept(ExecutorReply),
     Error(ErrorMessage),
+    /// The executor's last handshake line: its queue pairs are connected and their
+    /// receives posted, so the client may send (on verbs, a request sent earlier would be
+    /// dropped and retransmitted after the transport timeout).
+    Ready {
+        version: u32,
+    },
 }
 
 /// Why a handshake failed.
@@ -459,6 +465,7 @@ impl ControlMessage {
             ControlMessage::Hello(_) => "hello",
             ControlMessage::Accept(_) => "accept",
             ControlMessage::Error(_) => "error",
+            ControlMessage::Ready { .. } => "ready",
         }
     }
 
@@ -490,7 +497,8 @@ impl ControlMessage {
             reason: e.to_string(),
         };
         let peek: Peek = serde_json::from_str(line).map_err(decode)?;
-        if let (Some("hello" | "accept"), Some(v)) = (peek.kind.as_deref(), peek.version) {
+        if let (Some("hello" | "accept" | "ready"), Some(v)) = (peek.kind.as_deref(), peek.version)
+        {
             check_version(v)?;
         }
         serde_json::from_str(line).map_err(decode)

@@ -1,0 +1,391 @@
+//! One worker connection of an allocation, client side: the queue pair, its completion
+//! queue, the response slots the executor writes into, the staging slots requests are
+//! built in, and the protocol state. `start` and `poll_event` are the client's hot path.
+
+use std::time::Duration;
+
+use crate::fabric::{
+    Access, CompletionChannel, CompletionQueue, Endpoint, Fabric, FabricError, MemoryRegion,
+    ProtectionDomain, QpConfig, QueuePair, RecvWr, RemoteAddr, SendOp, SendWr, SlotRegion,
+    WcOpcode, WorkCompletion,
+};
+use crate::protocol::{
+    ClientConnection, ClientWorker, PrepareError, RegionDesc, RequestHeader, SlotGeometry,
+    HEADER_LEN,
+};
+
+use super::error::InvokeError;
+
+const POLL_BATCH: usize = 16;
+
+/// A finished invocation. On success its output stays in the response slot until
+/// [`ClientLink::release`].
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub(crate) slot: u16,
+    pub(crate) id: u64,
+    /// The output's length, or why the invocation failed.
+    pub(crate) outcome: Result<usize, InvokeError>,
+}
+
+pub(crate) struct ClientLink<F: Fabric> {
+    qp: F::Qp,
+    cq: F::Cq,
+    pub(crate) channel: F::Channel,
+    responses: SlotRegion<F::Mr>,
+    staging: SlotRegion<F::Mr>,
+    state: ClientConnection,
+    requests: RemoteAddr,
+    max_inline: usize,
+    /// Completions polled but not handled yet.
+    polled: [WorkCompletion; POLL_BATCH],
+    polled_next: usize,
+    polled_len: usize,
+    /// Set once the connection failed; every later call fails the same way.
+    dead: Option<InvokeError>,
+    /// For the async API: the channel registered with tokio, made on first use.
+    #[cfg(feature = "tokio")]
+    pub(crate) async_fd:
+        Option<tokio::io::unix::AsyncFd<crate::fabric::reactor::ChannelFd<F::Channel>>>,
+}
+
+impl<F: Fabric> ClientLink<F> {
+    pub(crate) fn create(
+        fabric: &F,
+        pd: &F::Pd,
+        geometry: SlotGeometry,
+        function_count: u32,
+        first_id: std::num::NonZeroU64,
+    ) -> Result<Self, FabricError> {
+        let slots = geometry.slots() as usize;
+        let slot_size = geometry.slot_size() as usize;
+        let max_inline = fabric.max_inline_data().min(256);
+        // A send's completion may still be unpolled when the answer to it has arrived and
+        // the slot is reused: room for two sends per slot. The queue holds those and a
+        // receive per slot.
+        let config = QpConfig {
+            max_send_wr: 2 * geometry.slots(),
+            max_recv_wr: geometry.slots(),
+            max_sge: 1,
+            max_inline_data: max_inline,
+            ..QpConfig::default()
+        };
+        let channel = fabric.create_channel()?;
+        let cq = fabric.create_cq(3 * geometry.slots(), Some(&channel))?;
+        let qp = pd.create_qp(&cq, &cq, config)?;
+        let responses = SlotRegion::register(
+            pd,
+            slots,
+            slot_size,
+            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+        )?;
+        let staging = SlotRegion::register(pd, slots, slot_size, Access::LOCAL_WRITE)?;
+        let mut link = Self {
+            qp,
+            cq,
+            channel,
+            responses,
+            staging,
+            state: ClientConnection::with_first_id(geometry, function_count, first_id),
+            requests: RemoteAddr::default(),
+            max_inline: max_inline as usize,
+            polled: [WorkCompletion::default(); POLL_BATCH],
+            polled_next: 0,
+            polled_len: 0,
+            dead: None,
+            #[cfg(feature = "tokio")]
+            async_fd: None,
+        };
+        for _ in 0..slots {
+            link.post_receive()
+                .map_err(|e| FabricError::Config(format!("posting receives: {e}")))?;
+        }
+        Ok(link)
+    }
+
+    /// What the hello tells the executor about this connection.
+    pub(crate) fn describe(&self) -> ClientWorker {
+        let r = self.responses.region();
+        ClientWorker {
+            endpoint: self.qp.endpoint(),
+            response_region: RegionDesc {
+                addr: r.addr(),
+                rkey: r.rkey(),
+                len: r.len() as u64,
+            },
+        }
+    }
+
+    pub(crate) fn connect(
+        &mut self,
+        executor: &Endpoint,
+        requests: RegionDesc,
+    ) -> Result<(), FabricError> {
+        self.requests = RemoteAddr {
+            addr: requests.addr,
+            rkey: requests.rkey,
+        };
+        self.qp.connect(executor)
+    }
+
+    pub(crate) fn max_payload(&self) -> usize {
+        self.state.geometry().max_payload()
+    }
+
+    pub(crate) fn available(&self) -> u32 {
+        if self.dead.is_some() {
+            0
+        } else {
+            self.state.available()
+        }
+    }
+
+    pub(crate) fn dead(&self) -> Option<&InvokeError> {
+        self.dead.as_ref()
+    }
+
+    /// Fails the connection: every invocation in flight and every later one gets `error`.
+    pub(crate) fn kill(&mut self, error: InvokeError) {
+        if self.dead.is_none() {
+            self.dead = Some(error);
+            self.qp.set_error();
+        }
+    }
+
+    /// Sends an invocation of `function` whose payload `encode` writes in place into the
+    /// staging slot (given the slot's payload area; it returns the payload's length).
+    /// Returns the slot and the invocation id.
+    pub(crate) fn start_with(
+        &mut self,
+        function: u32,
+        encode: impl FnOnce(&mut [u8]) -> Result<usize, InvokeError>,
+    ) -> Result<(u16, u64), InvokeError> {
+        if let Some(e) = &self.dead {
+            return Err(e.clone());
+        }
+        // The slot is taken before the payload is known, so that `encode` can write it
+        // straight into its place; the header is rebuilt with the real length after.
+        let prepared = self.state.prepare(function, 0).map_err(prepare_error)?;
+        let slot = prepared.slot as usize;
+        let max = self.max_payload();
+        let area = &mut self.staging.staging_mut(slot, HEADER_LEN + max)[HEADER_LEN..];
+        let encoded = match encode(area) {
+            Ok(len) if len > max => Err(InvokeError::PayloadTooLarge { len, max }),
+            other => other,
+        };
+        let len = match encoded {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = self.state.cancel(prepared.slot, prepared.id);
+                return Err(e);
+            }
+        };
+        let header = RequestHeader {
+            id: prepared.id,
+            function,
+            payload_len: len as u32,
+            flags: 0,
+        }
+        .encode();
+        let write_len = HEADER_LEN + len;
+        self.staging.staging_mut(slot, HEADER_LEN)[..].copy_from_slice(&header);
+        let op = SendOp::WriteWithImm {
+            remote: RemoteAddr {
+                addr: self.requests.addr + prepared.remote_offset,
+                rkey: self.requests.rkey,
+            },
+            imm: prepared.imm,
+        };
+        let posted = if write_len <= self.max_inline {
+            let message = &self.staging.staging_mut(slot, write_len)[..];
+            self.qp.post_send(&SendWr::inline(slot as u64, op, message))
+        } else {
+            let sge = [self.staging.sge(slot, write_len)];
+            self.qp.post_send(&SendWr::new(slot as u64, op, &sge))
+        };
+        if let Err(e) = posted {
+            let _ = self.state.cancel(prepared.slot, prepared.id);
+            let error = InvokeError::gone_on_post(e);
+            self.kill(error.clone());
+            return Err(error);
+        }
+        Ok((prepared.slot, prepared.id))
+    }
+
+    /// Sends an invocation of `function` with `input` copied into the staging slot.
+    #[inline]
+    pub(crate) fn start(&mut self, function: u32, input: &[u8]) -> Result<(u16, u64), InvokeError> {
+        let max = self.max_payload();
+        if input.len() > max {
+            return Err(InvokeError::PayloadTooLarge {
+                len: input.len(),
+                max,
+            });
+        }
+        self.start_with(function, |area| {
+            area[..input.len()].copy_from_slice(input);
+            Ok(input.len())
+        })
+    }
+
+    /// Writes `bytes` into request slot `slot` with immediate `imm`, outside the protocol:
+    /// for tests of what an executor does with hostile requests.
+    pub(crate) fn send_raw(
+        &mut self,
+        slot: u16,
+        bytes: &[u8],
+        imm: u32,
+    ) -> Result<(), InvokeError> {
+        let slot_size = self.staging.slot_size();
+        if slot as usize >= self.staging.slots() || bytes.len() > slot_size {
+            return Err(InvokeError::PayloadTooLarge {
+                len: bytes.len(),
+                max: slot_size,
+            });
+        }
+        // Completions of earlier raw writes (and answers to them) free the send queue.
+        while let Ok(Some(event)) = self.poll_event() {
+            self.settle_stray(&event);
+        }
+        // Staging slot 0 is borrowed for the message; a test does nothing else meanwhile.
+        self.staging
+            .staging_mut(0, bytes.len())
+            .copy_from_slice(bytes);
+        let sge = [self.staging.sge(0, bytes.len())];
+        let op = SendOp::WriteWithImm {
+            remote: RemoteAddr {
+                addr: self.requests.addr + slot as u64 * slot_size as u64,
+                rkey: self.requests.rkey,
+            },
+            imm,
+        };
+        self.qp
+            .post_send(&SendWr::new(
+                u64::MAX,
+                op,
+                if bytes.is_empty() { &[] } else { &sge },
+            ))
+            .map_err(InvokeError::gone_on_post)
+    }
+
+    /// The next finished invocation, if one has arrived. `Err` when the connection failed
+    /// (then every invocation in flight on it has failed).
+    pub(crate) fn poll_event(&mut self) -> Result<Option<Event>, InvokeError> {
+        loop {
+            if let Some(e) = &self.dead {
+                return Err(e.clone());
+            }
+            if self.polled_next == self.polled_len {
+                self.polled_len = self.cq.poll(&mut self.polled);
+                self.polled_next = 0;
+                if self.polled_len == 0 {
+                    return Ok(None);
+                }
+            }
+            let wc = self.polled[self.polled_next];
+            self.polled_next += 1;
+            if !wc.is_ok() {
+                self.kill(InvokeError::gone_after(wc.status));
+                continue;
+            }
+            if wc.opcode != WcOpcode::RecvRdmaWithImm {
+                continue; // a request's send completion: its entry is free again
+            }
+            if let Err(e) = self.post_receive() {
+                self.kill(InvokeError::gone_on_post(e));
+                continue;
+            }
+            if let Some(event) = self.take_response(wc.imm.unwrap_or(0), wc.byte_len as usize) {
+                return Ok(Some(event));
+            }
+        }
+    }
+
+    fn take_response(&mut self, imm: u32, len: usize) -> Option<Event> {
+        let slot_size = self.responses.slot_size();
+        let slot = (imm & 0xffff) as usize;
+        let bytes = if slot < self.responses.slots() {
+            self.responses.incoming(slot, len.min(slot_size))
+        } else {
+            &[]
+        };
+        match self.state.on_response_hold(imm, bytes) {
+            Ok(done) => {
+                let (slot, id) = (done.slot, done.id);
+                let outcome = if done.status.is_ok() {
+                    Ok(done.output.len())
+                } else {
+                    // Nothing to read in place: the slot is free at once.
+                    let error = InvokeError::from_status(done.status, done.error_code);
+                    self.release(slot, id);
+                    Err(error)
+                };
+                Some(Event { slot, id, outcome })
+            }
+            Err(e) => e.failed_invocation().map(|(slot, id)| Event {
+                slot,
+                id,
+                outcome: Err(InvokeError::BadResponse(e.to_string())),
+            }),
+        }
+    }
+
+    /// The output of a successful invocation, in place in its response slot.
+    pub(crate) fn output(&self, slot: u16, len: usize) -> &[u8] {
+        &self.responses.incoming(slot as usize, HEADER_LEN + len)[HEADER_LEN..]
+    }
+
+    /// Settles the end of an invocation nobody waits for any more (its future was
+    /// dropped): its slot is freed.
+    pub(crate) fn settle_stray(&mut self, event: &Event) {
+        if event.outcome.is_ok() {
+            self.release(event.slot, event.id);
+        }
+    }
+
+    /// Frees the slot of a successful invocation once its output has been read.
+    pub(crate) fn release(&mut self, slot: u16, id: u64) {
+        // Only a slot the link handed out as held can come back here.
+        let _ = self.state.release(slot, id);
+    }
+
+    /// Gives up on an invocation in flight (its late response will be discarded).
+    pub(crate) fn abandon(&mut self, slot: u16, id: u64) {
+        let _ = self.state.abandon(slot, id);
+    }
+
+    /// Arms the completion queue before sleeping on the channel; afterwards poll once more.
+    pub(crate) fn arm(&mut self) {
+        self.cq.arm();
+    }
+
+    /// Sleeps on the channel (blocking API) for at most `timeout`.
+    pub(crate) fn sleep(&mut self, timeout: Duration) {
+        self.arm();
+        if self.polled_next < self.polled_len {
+            return;
+        }
+        self.polled_len = self.cq.poll(&mut self.polled);
+        self.polled_next = 0;
+        if self.polled_len == 0 {
+            let _ = self.channel.get_event(Some(timeout));
+        }
+    }
+
+    fn post_receive(&mut self) -> Result<(), crate::fabric::PostError> {
+        self.qp.post_recv(&RecvWr { wr_id: 0, sgl: &[] })
+    }
+}
+
+fn prepare_error(e: PrepareError) -> InvokeError {
+    match e {
+        PrepareError::PayloadTooLarge { len, max } => InvokeError::PayloadTooLarge { len, max },
+        PrepareError::UnknownFunction { index, .. } => {
+            InvokeError::UnknownFunction(format!("#{index}"))
+        }
+        PrepareError::AllSlotsInFlight { .. } => InvokeError::Busy,
+        PrepareError::IdsExhausted => {
+            InvokeError::ExecutorGone("the connection has used all its invocation ids".into())
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! # The client library
+//!
+//! An [`Allocation`] holds workers of one executor, each reached over its own queue pair.
+//! An invocation takes a free slot of a worker, writes header and payload into the
+//! executor's request slot with one WRITE_WITH_IMM, and waits for the executor's
+//! WRITE_WITH_IMM into the matching response slot.
+//!
+//! * [`Allocation::invoke_into`] / [`Allocation::invoke_view`]: blocking, no allocation,
+//!   lock or system call on the hot path; the view reads the output in place.
+//! * [`Allocation::invoke_view_with`]: the payload is written in place by the caller (an
+//!   rkyv archive serialized straight into the slot).
+//! * [`Allocation::invoke_many`]: fan-out of many inputs over every worker, pipelined.
+//! * `invoke_async` (feature `tokio`): a future that sleeps on the completion channel
+//!   through tokio, burning no CPU while it waits.
+//!
+//! Every invocation has a timeout; errors say what happened ([`InvokeError`]); a response
+//! is matched to its invocation by slot and 64-bit id and never reaches another caller.
+
+mod allocation;
+#[cfg(feature = "tokio")]
+mod asynch;
+mod error;
+mod link;
+mod options;
+
+pub use allocation::{Allocation, FunctionId, ResultView};
+pub use error::{AllocateError, InvokeError};
+pub use options::AllocationOptions;

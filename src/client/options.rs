@@ -1,0 +1,44 @@
+//! Settings of an allocation.
+
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use crate::protocol::SlotGeometry;
+
+/// What a client asks of an executor, and how it waits.
+#[derive(Clone, Debug)]
+pub struct AllocationOptions {
+    /// A name for the executor's logs and accounting.
+    pub client_name: String,
+    /// Worker connections wanted (each a worker thread on its own core).
+    pub workers: usize,
+    /// Invocations in flight per worker, and the size of each request/response slot.
+    pub geometry: SlotGeometry,
+    /// How long an invocation may take before the client gives up on it
+    /// (`Duration::MAX`: forever).
+    pub timeout: Duration,
+    /// How long a blocking call spins before it sleeps on the completion channel (zero:
+    /// sleep at once; the default spins for the whole timeout, the lowest latency).
+    pub spin: Option<Duration>,
+    /// How often a caller that has waited this long checks that the executor's control
+    /// connection is still open (one system call; an invocation answered sooner makes none;
+    /// `Duration::MAX`: never).
+    pub liveness_interval: Duration,
+    /// The first invocation id of each worker connection (1 unless a test wants to cross
+    /// the 2^16 or 2^32 boundaries without billions of calls first).
+    pub first_id: NonZeroU64,
+}
+
+impl Default for AllocationOptions {
+    fn default() -> Self {
+        Self {
+            client_name: format!("pid-{}", std::process::id()),
+            workers: 1,
+            geometry: SlotGeometry::DEFAULT,
+            timeout: Duration::from_secs(10),
+            spin: None,
+            liveness_interval: Duration::from_millis(1),
+            first_id: NonZeroU64::MIN,
+        }
+    }
+}

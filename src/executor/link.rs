@@ -1,0 +1,227 @@
+//! One client connection served by one worker: the queue pair, its completion queue, the
+//! request slots the client writes into, the staging slots responses are built in, and the
+//! protocol state. `serve` is the executor's hot path.
+
+use std::sync::Arc;
+
+use crate::fabric::{
+    Access, Fabric, FabricError, MemoryRegion, ProtectionDomain, QpConfig, QueuePair, RecvWr,
+    RemoteAddr, SendOp, SendWr, SlotRegion, WcOpcode, WorkCompletion,
+};
+use crate::protocol::{
+    ExecutorConnection, RegionDesc, RequestImm, SlotGeometry, Status, HEADER_LEN,
+};
+
+use super::catalog::{Catalog, Outcome};
+
+/// Completions taken from the queue per poll.
+pub(crate) const POLL_BATCH: usize = 16;
+
+/// Why a link stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkEnd {
+    /// A completion failed: the client went away or broke the connection.
+    #[error("a completion failed: {}", .0.status)]
+    Completion(WorkCompletion),
+    /// Posting a receive or a response failed.
+    #[error("posting failed: {0}")]
+    Post(crate::fabric::PostError),
+}
+
+pub(crate) struct ExecutorLink<F: Fabric> {
+    /// Which allocation this link belongs to (to tear its links down together).
+    pub(crate) client: u64,
+    qp: F::Qp,
+    pub(crate) cq: F::Cq,
+    requests: SlotRegion<F::Mr>,
+    staging: SlotRegion<F::Mr>,
+    state: ExecutorConnection,
+    /// Connection function index → catalog id.
+    functions: Arc<[u32]>,
+    responses: RemoteAddr,
+    max_inline: usize,
+    /// Requests answered and requests dropped unanswerable, for the executor's report.
+    pub(crate) served: u64,
+    pub(crate) dropped: u64,
+}
+
+impl<F: Fabric> ExecutorLink<F> {
+    /// Creates the queue pair and regions for one worker of an allocation and posts a
+    /// receive for every slot. `channel` is the worker's, so that its sleeps wake on this
+    /// link's requests.
+    pub(crate) fn create(
+        fabric: &F,
+        pd: &F::Pd,
+        channel: &F::Channel,
+        client: u64,
+        geometry: SlotGeometry,
+        functions: Arc<[u32]>,
+    ) -> Result<Self, FabricError> {
+        let slots = geometry.slots() as usize;
+        let slot_size = geometry.slot_size() as usize;
+        let max_inline = fabric.max_inline_data().min(256);
+        // A send's completion may still be unpolled when the answer to it has arrived and
+        // the slot is reused: room for two sends per slot. The queue holds those and a
+        // receive per slot.
+        let config = QpConfig {
+            max_send_wr: 2 * geometry.slots(),
+            max_recv_wr: geometry.slots(),
+            max_sge: 1,
+            max_inline_data: max_inline,
+            ..QpConfig::default()
+        };
+        let cq = fabric.create_cq(3 * geometry.slots(), Some(channel))?;
+        let qp = pd.create_qp(&cq, &cq, config)?;
+        let requests = SlotRegion::register(
+            pd,
+            slots,
+            slot_size,
+            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+        )?;
+        let staging = SlotRegion::register(pd, slots, slot_size, Access::LOCAL_WRITE)?;
+        let mut link = Self {
+            client,
+            qp,
+            cq,
+            requests,
+            staging,
+            state: ExecutorConnection::new(geometry, functions.len() as u32),
+            functions,
+            responses: RemoteAddr::default(),
+            max_inline: max_inline as usize,
+            served: 0,
+            dropped: 0,
+        };
+        for _ in 0..slots {
+            link.post_receive()
+                .map_err(|e| FabricError::Config(format!("posting receives: {e}")))?;
+        }
+        Ok(link)
+    }
+
+    /// Where the client writes requests: the request region.
+    pub(crate) fn request_region(&self) -> RegionDesc {
+        let r = self.requests.region();
+        RegionDesc {
+            addr: r.addr(),
+            rkey: r.rkey(),
+            len: r.len() as u64,
+        }
+    }
+
+    pub(crate) fn endpoint(&self) -> crate::fabric::Endpoint {
+        self.qp.endpoint()
+    }
+
+    /// Connects to the client's queue pair and response region.
+    pub(crate) fn connect(
+        &mut self,
+        client: &crate::fabric::Endpoint,
+        responses: RegionDesc,
+    ) -> Result<(), FabricError> {
+        self.responses = RemoteAddr {
+            addr: responses.addr,
+            rkey: responses.rkey,
+        };
+        self.qp.connect(client)
+    }
+
+    /// Handles the completions in `wcs`: runs each request and posts its response.
+    pub(crate) fn handle<C: Catalog>(
+        &mut self,
+        wcs: &[WorkCompletion],
+        catalog: &C,
+    ) -> Result<(), LinkEnd> {
+        for wc in wcs {
+            if !wc.is_ok() {
+                return Err(LinkEnd::Completion(*wc));
+            }
+            if wc.opcode == WcOpcode::RecvRdmaWithImm {
+                self.post_receive().map_err(LinkEnd::Post)?;
+                self.serve(wc.imm.unwrap_or(0), wc.byte_len as usize, catalog)?;
+            }
+            // Send completions only free send-queue entries: nothing to do.
+        }
+        Ok(())
+    }
+
+    /// Validates the request announced by `imm`, runs it and writes the response.
+    fn serve<C: Catalog>(&mut self, imm: u32, len: usize, catalog: &C) -> Result<(), LinkEnd> {
+        let slot_size = self.requests.slot_size();
+        // The slot comes from the immediate; `on_request` re-checks it and refuses what
+        // is out of range before reading a byte, so an impossible slot reads nothing.
+        let slot = RequestImm::decode(imm)
+            .map(|i| i.slot() as usize)
+            .ok()
+            .filter(|&s| s < self.requests.slots());
+        let bytes = match slot {
+            Some(s) => self.requests.incoming(s, len.min(slot_size)),
+            None => &[],
+        };
+        let (slot, id, status, error_code, output_len) = match self.state.on_request(imm, bytes) {
+            Ok(req) => {
+                let output =
+                    &mut self.staging.staging_mut(req.slot as usize, slot_size)[HEADER_LEN..];
+                let id = self.functions[req.function as usize];
+                let (status, code, len) = match catalog.call(id, req.payload, output) {
+                    Outcome::Output(n) if n <= output.len() => (Status::Ok, 0, n),
+                    Outcome::Output(_) | Outcome::OutputTooLarge => (Status::OutputTooLarge, 0, 0),
+                    Outcome::Failed(code) => (Status::FunctionError, code, 0),
+                    Outcome::InvalidInput => (Status::ValidationFailed, 0, 0),
+                    Outcome::Panicked => (Status::FunctionPanicked, 0, 0),
+                };
+                (req.slot, req.id, status, code, len)
+            }
+            Err(rejection) => {
+                if !rejection.answerable() {
+                    self.dropped += 1;
+                    return Ok(());
+                }
+                let (Some(slot), Some(id)) = (rejection.slot(), rejection.id()) else {
+                    self.dropped += 1;
+                    return Ok(());
+                };
+                (slot, id, rejection.status(), 0, 0)
+            }
+        };
+        let response = self
+            .state
+            .encode_response(slot, id, status, error_code, output_len)
+            .expect("the slot owes exactly this response");
+        let slot = slot as usize;
+        let message = self.staging.staging_mut(slot, response.write_len);
+        message[..HEADER_LEN].copy_from_slice(&response.header);
+        let op = SendOp::WriteWithImm {
+            remote: RemoteAddr {
+                addr: self.responses.addr + response.remote_offset,
+                rkey: self.responses.rkey,
+            },
+            imm: response.imm,
+        };
+        let posted = if response.write_len <= self.max_inline {
+            let message = &self.staging.staging_mut(slot, response.write_len)[..];
+            self.qp.post_send(&SendWr::inline(slot as u64, op, message))
+        } else {
+            let sge = [self.staging.sge(slot, response.write_len)];
+            self.qp.post_send(&SendWr::new(slot as u64, op, &sge))
+        };
+        posted.map_err(LinkEnd::Post)?;
+        self.served += 1;
+        Ok(())
+    }
+
+    fn post_receive(&mut self) -> Result<(), crate::fabric::PostError> {
+        // WRITE_WITH_IMM lands in the request slot: the receive only carries the immediate.
+        self.qp.post_recv(&RecvWr { wr_id: 0, sgl: &[] })
+    }
+}
+
+impl<F: Fabric> std::fmt::Debug for ExecutorLink<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorLink")
+            .field("client", &self.client)
+            .field("qp", &self.qp.qp_num())
+            .field("served", &self.served)
+            .finish()
+    }
+}

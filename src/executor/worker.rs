@@ -1,0 +1,230 @@
+//! A worker thread: pinned to its core, it polls the completion queues of its links and
+//! serves their requests, spinning (hot) or sleeping on its completion channel when idle
+//! (warm). New links and teardowns arrive through an inbox that costs one relaxed load
+//! per round when empty.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::fabric::{CompletionChannel, CompletionQueue, Fabric, WorkCompletion};
+
+use super::catalog::Catalog;
+use super::config::Polling;
+use super::link::{ExecutorLink, LinkEnd, POLL_BATCH};
+
+/// Empty polling rounds between two looks at the clock in warm mode.
+const ROUNDS_PER_CLOCK_CHECK: u32 = 128;
+/// Longest sleep on the channel before the inbox is looked at again.
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+
+pub(crate) enum Command<F: Fabric> {
+    Add(Box<ExecutorLink<F>>),
+    /// Drop every link of this allocation.
+    Remove(u64),
+    Stop,
+}
+
+/// The control side's handle on a worker thread.
+pub(crate) struct WorkerHandle<F: Fabric> {
+    inbox: mpsc::Sender<Command<F>>,
+    pending: Arc<AtomicBool>,
+    pub(crate) channel: F::Channel,
+    pub(crate) stats: Arc<WorkerStats>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Counters a worker publishes (relaxed; for reports, not for synchronisation).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub served: AtomicU64,
+    pub dropped: AtomicU64,
+    pub links: AtomicU64,
+    pub sleeps: AtomicU64,
+}
+
+impl<F: Fabric> WorkerHandle<F> {
+    /// Starts worker `index` on `core`.
+    pub(crate) fn spawn<C: Catalog>(
+        index: usize,
+        core: Option<usize>,
+        polling: Polling,
+        channel: F::Channel,
+        catalog: Arc<C>,
+    ) -> std::io::Result<Self> {
+        let (inbox, commands) = mpsc::channel();
+        let pending = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(WorkerStats::default());
+        let worker = Worker::<F, C> {
+            commands,
+            pending: pending.clone(),
+            channel: channel.clone(),
+            catalog,
+            polling,
+            links: Vec::new(),
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("rafi-worker-{index}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if let Err(e) = rdma_mock::pin_current_thread(core) {
+                        eprintln!("rafi executor: worker {index} not pinned to core {core}: {e}");
+                    }
+                }
+                worker.run();
+            })?;
+        Ok(Self {
+            inbox,
+            pending,
+            channel,
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn send(&self, command: Command<F>) {
+        // A worker that is gone has dropped its links already; nothing to tell it.
+        let _ = self.inbox.send(command);
+        self.pending.store(true, Ordering::Release);
+    }
+}
+
+impl<F: Fabric> Drop for WorkerHandle<F> {
+    fn drop(&mut self) {
+        self.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker<F: Fabric, C: Catalog> {
+    commands: mpsc::Receiver<Command<F>>,
+    pending: Arc<AtomicBool>,
+    channel: F::Channel,
+    catalog: Arc<C>,
+    polling: Polling,
+    links: Vec<ExecutorLink<F>>,
+    stats: Arc<WorkerStats>,
+}
+
+impl<F: Fabric, C: Catalog> Worker<F, C> {
+    fn run(mut self) {
+        let mut wcs = [WorkCompletion::default(); POLL_BATCH];
+        let mut idle_rounds = 0u32;
+        let mut idle_since = Instant::now();
+        loop {
+            if self.pending.load(Ordering::Acquire) && !self.take_commands() {
+                return;
+            }
+            if self.poll_all(&mut wcs) {
+                idle_rounds = 0;
+                continue;
+            }
+            match self.polling {
+                Polling::Hot => std::hint::spin_loop(),
+                Polling::Warm { idle } => {
+                    // The idle time counts from the first clock check, not from the first
+                    // empty round: a worker that is busy never reads the clock (a system
+                    // call on some virtual machines).
+                    idle_rounds += 1;
+                    if idle_rounds == ROUNDS_PER_CLOCK_CHECK {
+                        idle_since = Instant::now();
+                    } else if idle_rounds % ROUNDS_PER_CLOCK_CHECK == 0
+                        && idle_since.elapsed() >= idle
+                    {
+                        self.sleep(&mut wcs);
+                        idle_rounds = 0;
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls every link once; returns whether any completion arrived.
+    #[inline]
+    fn poll_all(&mut self, wcs: &mut [WorkCompletion; POLL_BATCH]) -> bool {
+        let mut any = false;
+        let mut i = 0;
+        while i < self.links.len() {
+            let link = &mut self.links[i];
+            let n = link.cq.poll(wcs);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            any = true;
+            match link.handle(&wcs[..n], &*self.catalog) {
+                Ok(()) => i += 1,
+                Err(end) => self.drop_link(i, &end),
+            }
+        }
+        any
+    }
+
+    /// Arms every queue and sleeps on the channel until a request (or the inbox) needs us.
+    #[cold]
+    fn sleep(&mut self, wcs: &mut [WorkCompletion; POLL_BATCH]) {
+        for link in &mut self.links {
+            link.cq.arm();
+        }
+        // A request that arrived before arming signalled nobody: look once more.
+        if self.poll_all(wcs) || self.pending.load(Ordering::Acquire) {
+            return;
+        }
+        self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+        // A timeout or an error both mean: go round the loop and look again.
+        let _ = self.channel.get_event(Some(MAX_SLEEP));
+    }
+
+    /// Applies the inbox; returns false on `Stop`.
+    #[cold]
+    fn take_commands(&mut self) -> bool {
+        self.pending.store(false, Ordering::Release);
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Add(link) => self.links.push(*link),
+                Command::Remove(client) => {
+                    while let Some(i) = self.links.iter().position(|l| l.client == client) {
+                        self.retire(i);
+                    }
+                }
+                Command::Stop => return false,
+            }
+        }
+        self.stats
+            .links
+            .store(self.links.len() as u64, Ordering::Relaxed);
+        true
+    }
+
+    #[cold]
+    fn drop_link(&mut self, i: usize, end: &LinkEnd) {
+        let link = &self.links[i];
+        // A flush is the normal end of a connection whose client left; anything else is
+        // worth a line.
+        if !matches!(end, LinkEnd::Completion(wc) if wc.status == crate::fabric::WcStatus::WrFlushError)
+        {
+            eprintln!(
+                "rafi executor: dropping connection of allocation {}: {end}",
+                link.client
+            );
+        }
+        self.retire(i);
+        self.stats
+            .links
+            .store(self.links.len() as u64, Ordering::Relaxed);
+    }
+
+    fn retire(&mut self, i: usize) {
+        let link = self.links.swap_remove(i);
+        self.stats.served.fetch_add(link.served, Ordering::Relaxed);
+        self.stats
+            .dropped
+            .fetch_add(link.dropped, Ordering::Relaxed);
+    }
+}
