@@ -263,6 +263,26 @@ pub fn send_larger_than_the_receive_buffer_fails_both_sides<F: Fabric>(fabric: &
     assert_eq!(b.qp.state(), QpState::Error);
 }
 
+/// A SEND into a receive whose buffer has a bad lkey fails on both sides: the receiver's
+/// own protection error, the requester's remote operation error.
+pub fn send_into_a_bad_receive_buffer_fails_both_sides<F: Fabric>(fabric: &F) {
+    let (mut a, mut b) = pair(fabric);
+    let buf = b.region(64);
+    let bad = Sge {
+        addr: buf.addr(),
+        length: 64,
+        lkey: buf.lkey() ^ 0x5000,
+    };
+    b.post_recv(1, &[bad]);
+    a.post(SendWr::inline(2, SendOp::Send, b"lost"));
+    let swc = a.next_wc();
+    assert_eq!((swc.wr_id, swc.status), (2, WcStatus::RemoteOperationError));
+    let rwc = b.next_wc();
+    assert_eq!((rwc.wr_id, rwc.status), (1, WcStatus::LocalProtectionError));
+    assert_eq!(b.qp.state(), QpState::Error);
+    assert!(buf.to_vec().iter().all(|&x| x == 0));
+}
+
 /// `set_error` flushes the posted receives, in order, and everything posted afterwards:
 /// receives and sends, signaled or not, each with exactly one completion.
 pub fn error_state_flushes_sends_and_receives<F: Fabric>(fabric: &F) {

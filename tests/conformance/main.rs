@@ -74,6 +74,7 @@ conformance!(
     errors::rkey_of_another_domain_is_refused,
     errors::receiver_not_ready_retries_then_fails,
     errors::send_larger_than_the_receive_buffer_fails_both_sides,
+    errors::send_into_a_bad_receive_buffer_fails_both_sides,
     errors::error_state_flushes_sends_and_receives,
     errors::post_errors_are_reported_synchronously,
     errors::full_queues_refuse_until_completions_are_polled,
