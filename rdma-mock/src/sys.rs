@@ -183,7 +183,8 @@ impl EventFd {
 pub(crate) fn poll_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
     let ms = match timeout {
         None => -1,
-        Some(t) => t.as_millis().min(i32::MAX as u128) as libc::c_int,
+        // Rounded up: a wait never ends before its timeout (29.9 ms must not become 29).
+        Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int,
     };
     loop {
         let mut pfd = libc::pollfd {

@@ -25,6 +25,7 @@ pub(super) struct Outstanding {
     pub(super) wr_id: u64,
     pub(super) op: SendOp,
     pub(super) signaled: bool,
+    /// The completion's byte count (8 for an atomic, whose request carries no bytes).
     pub(super) len: u32,
     /// Where READ data or an atomic's old value goes: the scatter list itself, resolved
     /// again when the data arrives (the region may have been deregistered meanwhile).

@@ -111,7 +111,12 @@ impl TcpLink {
             wr_id: wr.wr_id,
             op: wr.op,
             signaled: wr.signaled,
-            len,
+            // An atomic's request carries no bytes; its completion reports the 8 it moved.
+            len: if matches!(wr.op, SendOp::FetchAdd { .. } | SendOp::CmpSwap { .. }) {
+                8
+            } else {
+                len
+            },
             sgl,
             sge_count,
         });
