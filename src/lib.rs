@@ -11,6 +11,7 @@
 // block with a SAFETY comment; everything else is safe Rust.
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod client;
 pub mod control;
 pub mod executor;

@@ -1,0 +1,24 @@
+//! Benchmarks that the `rafi bench` command runs, as a library: the scenarios and the pieces
+//! they share.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`pingpong`] | raw fabric round trips (WRITE_WITH_IMM or SEND) between two processes, no rafi layer |
+//! | [`report`] | latency samples → [`LatencyReport`]: one JSON line or one table row |
+//! | [`control`] | re-executing this binary as the peer process, JSON-line control channel over its stdin/stdout |
+//! | [`cpus`] | which cores the two sides use, pinning |
+//!
+//! A two-process scenario looks like [`pingpong`]: the measuring side pins itself, opens the
+//! fabric through [`crate::fabric::open`] (so the measured code is generic over
+//! [`crate::fabric::Fabric`] and statically dispatched), starts the peer with
+//! [`PeerProcess::spawn`], sends it the settings, exchanges endpoints and region
+//! descriptors, measures into a [`LatencyRecorder`] and returns a [`LatencyReport`].
+
+pub mod control;
+pub mod cpus;
+pub mod pingpong;
+pub mod report;
+
+pub use control::{ControlChannel, ControlError, PeerProcess};
+pub use cpus::{check_allowed, pin, CpuError, CpuPair};
+pub use report::{LatencyRecorder, LatencyReport, OutputFormat, ReportPrinter};

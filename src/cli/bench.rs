@@ -1,0 +1,45 @@
+//! `rafi bench`: one variant of [`BenchCommand`] per scenario, one module under `bench/`
+//! for each.
+
+mod pingpong;
+
+use clap::{Args, Subcommand};
+use rafi::bench::{OutputFormat, ReportPrinter};
+
+pub use pingpong::PingpongArgs;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Raw fabric round trips between two pinned processes (WRITE_WITH_IMM or SEND), no
+    /// rafi layer.
+    Pingpong(PingpongArgs),
+    /// The peer process of `pingpong` (started by it; settings arrive on stdin).
+    #[command(hide = true)]
+    PingpongPeer,
+}
+
+/// Runs a `rafi bench` subcommand.
+///
+/// # Errors
+/// Whatever the scenario reports.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Pingpong(args) => pingpong::run(&args),
+        BenchCommand::PingpongPeer => pingpong::run_peer(),
+    }
+}
+
+/// How a bench prints: JSON lines with `--json`, else a table.
+pub fn printer(json: bool) -> ReportPrinter {
+    ReportPrinter::new(if json {
+        OutputFormat::JsonLines
+    } else {
+        OutputFormat::Table
+    })
+}
