@@ -3,6 +3,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`invoke`] | function invocations through the whole stack, against a `rafi executor` process |
 //! | [`pingpong`] | raw fabric round trips (WRITE_WITH_IMM or SEND) between two processes, no rafi layer |
 //! | [`report`] | latency samples → [`LatencyReport`]: one JSON line or one table row |
 //! | [`control`] | re-executing this binary as the peer process, JSON-line control channel over its stdin/stdout |
@@ -16,6 +17,7 @@
 
 pub mod control;
 pub mod cpus;
+pub mod invoke;
 pub mod pingpong;
 pub mod report;
 

@@ -1,11 +1,13 @@
 //! `rafi bench`: one variant of [`BenchCommand`] per scenario, one module under `bench/`
 //! for each.
 
+mod invoke;
 mod pingpong;
 
 use clap::{Args, Subcommand};
 use rafi::bench::{OutputFormat, ReportPrinter};
 
+pub use invoke::InvokeArgs;
 pub use pingpong::PingpongArgs;
 
 #[derive(Debug, Args)]
@@ -19,6 +21,9 @@ pub enum BenchCommand {
     /// Raw fabric round trips between two pinned processes (WRITE_WITH_IMM or SEND), no
     /// rafi layer.
     Pingpong(PingpongArgs),
+    /// Function invocations through the whole stack: this process as the client, a
+    /// `rafi executor` process with one worker pinned to the second core.
+    Invoke(InvokeArgs),
     /// The peer process of `pingpong` (started by it; settings arrive on stdin).
     #[command(hide = true)]
     PingpongPeer,
@@ -31,6 +36,7 @@ pub enum BenchCommand {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Pingpong(args) => pingpong::run(&args),
+        BenchCommand::Invoke(args) => invoke::run(&args),
         BenchCommand::PingpongPeer => pingpong::run_peer(),
     }
 }

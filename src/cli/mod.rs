@@ -1,7 +1,9 @@
 //! The `rafi` command line (clap derive): one module per subcommand.
 //!
 //! ```text
+//! rafi executor …           serve functions on the cores given (executor.rs)
 //! rafi bench pingpong …     raw fabric round trips between two processes (bench/pingpong.rs)
+//! rafi bench invoke …       invocations through the whole stack (bench/invoke.rs)
 //! ```
 //!
 //! Errors end up in [`main`]: one `rafi: error: …` line on stderr (with the chain of causes)
@@ -9,6 +11,7 @@
 
 mod args;
 mod bench;
+mod executor;
 
 use std::process::ExitCode;
 
@@ -24,7 +27,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Measure latencies (fabric ping-pong, …).
+    /// Serve functions to clients, one worker thread pinned to each core given.
+    Executor(executor::ExecutorArgs),
+    /// Measure latencies (fabric ping-pong, invocations).
     Bench(bench::BenchArgs),
 }
 
@@ -46,6 +51,7 @@ pub fn main() -> ExitCode {
 /// Whatever the command reports.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Executor(args) => executor::run(&args),
         Command::Bench(args) => bench::run(args),
     }
 }

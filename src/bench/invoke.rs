@@ -1,0 +1,212 @@
+//! The invocation benchmark: round trips of a function invocation between this process (a
+//! client pinned to one core) and a `rafi executor` process (one worker pinned to
+//! another), through the whole rafi stack — client library, protocol, executor, function.
+//!
+//! ```text
+//!  measuring process (cpu A)                        rafi executor (cpu B, one worker)
+//!  spawn `rafi executor --cores B …` ─────────────▶ listen; print {"event":"listening",…}
+//!  pin, open fabric, allocate ─── hello/accept/ready over TCP ───▶
+//!  ┌ t0 ─ invoke_into(function, size bytes) ─ WRITE_WITH_IMM ─▶ validate, call, answer
+//!  └ t1 ◀─ response in place ──────────────── WRITE_WITH_IMM ──
+//!  [warm: idle `gap` untimed, so the worker is asleep when the next request lands]
+//! ```
+//!
+//! Hot mode measures the path with both sides spinning; warm mode the path where the
+//! worker sleeps on its completion channel and the request wakes it.
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::control::{ControlError, PeerProcess};
+use super::cpus::{check_allowed, pin, CpuError, CpuPair};
+use super::report::{LatencyRecorder, LatencyReport};
+use crate::client::{AllocateError, Allocation, AllocationOptions, InvokeError};
+use crate::fabric::{self, Fabric, FabricConfig, FabricError, FabricKind, FabricUser};
+use crate::protocol::{SlotGeometry, HEADER_LEN};
+
+/// The `scenario` field of this benchmark's reports.
+pub const SCENARIO: &str = "invoke";
+
+/// Settings of one run.
+#[derive(Clone, Debug)]
+pub struct InvokeConfig {
+    pub fabric: FabricConfig,
+    /// `hot` or `warm` (the executor's polling mode).
+    pub mode: String,
+    /// Payload bytes in (and, for `rafi.echo`, out).
+    pub size: usize,
+    pub iters: u64,
+    pub warmup: u64,
+    /// The function invoked (a built-in by default).
+    pub function: String,
+    /// Function libraries the executor loads (`--library`).
+    pub libraries: Vec<std::path::PathBuf>,
+    /// Warm mode: untimed idle time between invocations, so the worker is asleep.
+    pub gap: Duration,
+    /// Warm mode: the worker's idle time before it sleeps.
+    pub idle: Duration,
+    pub cpus: CpuPair,
+}
+
+/// The benchmark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeBenchError {
+    #[error("invalid settings: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error("executor process: {0}")]
+    Executor(#[from] ControlError),
+    #[error("opening the fabric: {0}")]
+    Fabric(#[from] FabricError),
+    #[error("allocating the executor's worker: {0}")]
+    Allocate(#[from] AllocateError),
+    #[error("invocation {index}: {source}")]
+    Invoke { index: u64, source: InvokeError },
+    #[error("invocation {index}: wrong output ({len} bytes)")]
+    WrongOutput { index: u64, len: usize },
+}
+
+/// What `rafi executor` prints on stdout once it listens.
+#[derive(Debug, Deserialize)]
+pub struct Listening {
+    pub event: String,
+    pub address: std::net::SocketAddr,
+}
+
+/// The slot geometry that fits `size` bytes each way: slots of the next power of two that
+/// holds header and payload (at least 4 KiB), 8 of them.
+pub fn geometry_for(size: usize) -> Result<SlotGeometry, InvokeBenchError> {
+    let slot = (size + HEADER_LEN).next_power_of_two().max(4096);
+    u32::try_from(slot)
+        .ok()
+        .and_then(|s| SlotGeometry::new(8, s).ok())
+        .ok_or_else(|| InvokeBenchError::Config(format!("{size} bytes do not fit a slot")))
+}
+
+/// Starts the executor process, measures, and returns the report. `executor_args` are the
+/// arguments that make this executable run `rafi executor` (e.g. `["executor"]`).
+///
+/// # Errors
+/// When the settings are invalid, the executor cannot be started or reached, or an
+/// invocation fails.
+pub fn run(config: &InvokeConfig, executor_args: &[&str]) -> Result<LatencyReport, InvokeBenchError> {
+    if config.mode != "hot" && config.mode != "warm" {
+        return Err(InvokeBenchError::Config(format!(
+            "mode '{}' (expected hot or warm)",
+            config.mode
+        )));
+    }
+    geometry_for(config.size)?;
+    check_allowed(config.cpus)?;
+    let mut args: Vec<String> = executor_args.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--fabric".into(),
+        config.fabric.kind.name().into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--cores".into(),
+        config.cpus.server.to_string(),
+        "--mode".into(),
+        config.mode.clone(),
+        "--idle-us".into(),
+        config.idle.as_micros().to_string(),
+        "--max-slot-size".into(),
+        geometry_for(config.size)?.slot_size().to_string(),
+    ]);
+    if let Some(device) = &config.fabric.verbs.device {
+        args.extend(["--device".into(), device.clone()]);
+    }
+    if let Some(gid) = config.fabric.verbs.gid_index {
+        args.extend(["--gid-index".into(), gid.to_string()]);
+    }
+    for lib in &config.libraries {
+        args.extend(["--library".into(), lib.display().to_string()]);
+    }
+    let mut executor = PeerProcess::spawn(&args)?;
+    let listening: Listening = executor.recv()?;
+    pin(config.cpus.client, "measuring process")?;
+    let report = fabric::open(
+        &config.fabric,
+        Measure {
+            config,
+            at: listening.address,
+        },
+    )??;
+    drop(executor); // killed: an executor serves until it is told to stop
+    Ok(report)
+}
+
+struct Measure<'a> {
+    config: &'a InvokeConfig,
+    at: std::net::SocketAddr,
+}
+
+impl FabricUser for Measure<'_> {
+    type Output = Result<LatencyReport, InvokeBenchError>;
+
+    fn run<F: Fabric>(self, fabric: F) -> Self::Output {
+        let c = self.config;
+        let kind = fabric.kind();
+        let mut a = Allocation::connect(
+            fabric,
+            self.at,
+            &[c.function.as_str()],
+            AllocationOptions {
+                client_name: "rafi-bench-invoke".into(),
+                geometry: geometry_for(c.size)?,
+                ..AllocationOptions::default()
+            },
+        )?;
+        let f = a
+            .function(&c.function)
+            .map_err(|source| InvokeBenchError::Invoke { index: 0, source })?;
+        let input: Vec<u8> = (0..c.size).map(|i| i as u8).collect();
+        let mut output = vec![0u8; a.max_payload()];
+        let mut recorder = LatencyRecorder::new();
+        let echo = c.function == "rafi.echo";
+        for index in 0..c.warmup + c.iters {
+            if c.mode == "warm" && !c.gap.is_zero() {
+                idle_spin(c.gap);
+            }
+            let t0 = Instant::now();
+            let result = a.invoke_into(f, &input, &mut output);
+            let elapsed = t0.elapsed();
+            let len = result.map_err(|source| InvokeBenchError::Invoke { index, source })?;
+            if echo && (len != input.len() || output[..len] != input[..]) {
+                return Err(InvokeBenchError::WrongOutput { index, len });
+            }
+            if index >= c.warmup {
+                recorder.record(elapsed);
+            }
+        }
+        Ok(recorder
+            .report(SCENARIO, kind.name(), &c.function, c.size, c.warmup)
+            .with("mode", c.mode.as_str())
+            .with("client_cpu", c.cpus.client)
+            .with("executor_cpu", c.cpus.server))
+    }
+}
+
+/// Spins for `d` without a system call per round (the clock is read every few hundred).
+fn idle_spin(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        for _ in 0..100 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The fabric settings for a kind with optional verbs overrides.
+pub fn fabric_config(kind: FabricKind, device: Option<String>, gid_index: Option<u8>) -> FabricConfig {
+    let mut c = FabricConfig::new(kind);
+    if device.is_some() {
+        c.verbs.device = device;
+    }
+    if gid_index.is_some() {
+        c.verbs.gid_index = gid_index;
+    }
+    c
+}
