@@ -91,7 +91,10 @@ pub fn geometry_for(size: usize) -> Result<SlotGeometry, InvokeBenchError> {
 /// # Errors
 /// When the settings are invalid, the executor cannot be started or reached, or an
 /// invocation fails.
-pub fn run(config: &InvokeConfig, executor_args: &[&str]) -> Result<LatencyReport, InvokeBenchError> {
+pub fn run(
+    config: &InvokeConfig,
+    executor_args: &[&str],
+) -> Result<LatencyReport, InvokeBenchError> {
     if config.mode != "hot" && config.mode != "warm" {
         return Err(InvokeBenchError::Config(format!(
             "mode '{}' (expected hot or warm)",
@@ -200,7 +203,11 @@ fn idle_spin(d: Duration) {
 }
 
 /// The fabric settings for a kind with optional verbs overrides.
-pub fn fabric_config(kind: FabricKind, device: Option<String>, gid_index: Option<u8>) -> FabricConfig {
+pub fn fabric_config(
+    kind: FabricKind,
+    device: Option<String>,
+    gid_index: Option<u8>,
+) -> FabricConfig {
     let mut c = FabricConfig::new(kind);
     if device.is_some() {
         c.verbs.device = device;

@@ -26,3 +26,28 @@ pub trait Catalog: Send + Sync + 'static {
     /// `output`.
     fn call(&self, id: u32, input: &[u8], output: &mut [u8]) -> Outcome;
 }
+
+/// The executor's usual catalog: built-ins and loaded function libraries.
+impl Catalog for crate::function::FunctionTable {
+    fn resolve(&self, name: &str) -> Option<u32> {
+        self.id(name).map(crate::function::FunctionId::index)
+    }
+
+    #[inline]
+    fn call(&self, id: u32, input: &[u8], output: &mut [u8]) -> Outcome {
+        use crate::function::CallError;
+        let Some(function) = self.get_index(id) else {
+            // Ids come from `resolve` on this table; anything else is a bug upstream.
+            return Outcome::Failed(crate::function::abi::ERR_INTERNAL as i32);
+        };
+        match function.call(input, output) {
+            Ok(len) => Outcome::Output(len),
+            Err(CallError::InvalidInput) => Outcome::InvalidInput,
+            Err(CallError::OutputTooSmall { .. } | CallError::OutputOverrun { .. }) => {
+                Outcome::OutputTooLarge
+            }
+            Err(CallError::Panicked) => Outcome::Panicked,
+            Err(e @ CallError::Failed { .. }) => Outcome::Failed(e.error_code()),
+        }
+    }
+}
