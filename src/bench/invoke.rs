@@ -56,13 +56,13 @@ pub enum InvokeBenchError {
     Config(String),
     #[error(transparent)]
     Cpu(#[from] CpuError),
-    #[error("executor process: {0}")]
+    #[error("executor process")]
     Executor(#[from] ControlError),
-    #[error("opening the fabric: {0}")]
+    #[error("opening the fabric")]
     Fabric(#[from] FabricError),
-    #[error("allocating the executor's worker: {0}")]
+    #[error("allocating the executor's worker")]
     Allocate(#[from] AllocateError),
-    #[error("invocation {index}: {source}")]
+    #[error("invocation {index}")]
     Invoke { index: u64, source: InvokeError },
     #[error("invocation {index}: wrong output ({len} bytes)")]
     WrongOutput { index: u64, len: usize },

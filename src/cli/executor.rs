@@ -26,7 +26,7 @@ pub struct ExecutorArgs {
     pub tcp_listen: SocketAddr,
     /// Cores of the worker threads, one worker pinned to each (e.g. 2,3 or 2-5).
     #[arg(long, value_name = "LIST", value_parser = parse_cores, conflicts_with = "workers")]
-    pub cores: Option<Vec<usize>>,
+    pub cores: Option<CoreList>,
     /// Number of unpinned worker threads (when no --cores are given).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -56,9 +56,14 @@ pub enum ModeArg {
     Warm,
 }
 
-fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
+/// A list of cores (one clap value, not several).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreList(pub Vec<usize>);
+
+fn parse_cores(s: &str) -> Result<CoreList, String> {
     parse_cpu_list(s)
         .filter(|c| !c.is_empty())
+        .map(CoreList)
         .ok_or_else(|| format!("'{s}' is not a core list (e.g. 2,3 or 2-5)"))
 }
 
@@ -72,7 +77,7 @@ pub fn run(args: &ExecutorArgs) -> anyhow::Result<()> {
             .with_context(|| format!("adding the functions of {}", path.display()))?;
     }
     let mut config = match &args.cores {
-        Some(cores) => ExecutorConfig::pinned(cores),
+        Some(CoreList(cores)) => ExecutorConfig::pinned(cores),
         None => ExecutorConfig::new(args.workers),
     };
     config.polling = match args.mode {

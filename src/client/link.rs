@@ -305,6 +305,7 @@ impl<F: Fabric> ClientLink<F> {
         let slot_size = self.responses.slot_size();
         let slot = (imm & 0xffff) as usize;
         let bytes = if slot < self.responses.slots() {
+            self.responses.prefetch(slot, len);
             self.responses.incoming(slot, len.min(slot_size))
         } else {
             &[]

@@ -155,7 +155,10 @@ impl<F: Fabric> ExecutorLink<F> {
             .ok()
             .filter(|&s| s < self.requests.slots());
         let bytes = match slot {
-            Some(s) => self.requests.incoming(s, len.min(slot_size)),
+            Some(s) => {
+                self.requests.prefetch(s, len);
+                self.requests.incoming(s, len.min(slot_size))
+            }
             None => &[],
         };
         let (slot, id, status, error_code, output_len) = match self.state.on_request(imm, bytes) {
