@@ -37,6 +37,9 @@ mod error;
 mod mock;
 #[allow(unsafe_code)]
 mod region;
+#[cfg(feature = "verbs")]
+#[allow(unsafe_code)]
+pub mod verbs;
 
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -211,14 +214,18 @@ pub fn open<U: FabricUser>(config: &FabricConfig, user: U) -> Result<U::Output, 
     }
 }
 
-// The verbs backend arrives with src/fabric/verbs/ (issue 3); until then the feature
-// builds the same as without it.
+#[cfg(feature = "verbs")]
+fn open_verbs<U: FabricUser>(config: &FabricConfig, user: U) -> Result<U::Output, FabricError> {
+    Ok(user.run(verbs::open(config)?))
+}
+
+#[cfg(not(feature = "verbs"))]
 fn open_verbs<U: FabricUser>(_: &FabricConfig, _: U) -> Result<U::Output, FabricError> {
     Err(FabricError::Unavailable {
         backend: FabricKind::Verbs,
         reason: "this rafi was built without the verbs backend".into(),
-        hint: "rebuild with `cargo build --release --features verbs` (needs libibverbs-dev \
-               and libclang-dev), or use --fabric shm|tcp"
+        hint: "rebuild with `cargo build --release --features verbs` (needs libibverbs-dev, \
+               librdmacm-dev and libclang-dev), or use --fabric shm|tcp"
             .into(),
     })
 }
