@@ -32,6 +32,10 @@ impl Fabric for rdma_mock::Device {
         self.fabric().into()
     }
 
+    fn device_name(&self) -> &str {
+        self.fabric().name()
+    }
+
     fn max_inline_data(&self) -> u32 {
         rdma_mock::MAX_INLINE_DATA
     }

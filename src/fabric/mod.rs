@@ -42,6 +42,9 @@ pub mod reactor;
 mod region;
 #[allow(unsafe_code)]
 mod slots;
+#[cfg(feature = "verbs")]
+#[allow(unsafe_code)]
+pub mod verbs;
 
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -67,6 +70,10 @@ pub trait Fabric: Clone + Send + Sync + std::fmt::Debug + 'static {
 
     /// Which backend this is (for a mock device, which of its two fabrics).
     fn kind(&self) -> FabricKind;
+
+    /// The device's name: the RDMA device for verbs (`mlx5_0`, `rxe0`), the fabric's name
+    /// for the mock fabrics. Tests use it to prove which device really ran.
+    fn device_name(&self) -> &str;
 
     /// Largest inline payload the device accepts in one send request.
     fn max_inline_data(&self) -> u32;
@@ -218,14 +225,18 @@ pub fn open<U: FabricUser>(config: &FabricConfig, user: U) -> Result<U::Output, 
     }
 }
 
-// The verbs backend arrives with src/fabric/verbs/ (issue 3); until then the feature
-// builds the same as without it.
+#[cfg(feature = "verbs")]
+fn open_verbs<U: FabricUser>(config: &FabricConfig, user: U) -> Result<U::Output, FabricError> {
+    Ok(user.run(verbs::open(config)?))
+}
+
+#[cfg(not(feature = "verbs"))]
 fn open_verbs<U: FabricUser>(_: &FabricConfig, _: U) -> Result<U::Output, FabricError> {
     Err(FabricError::Unavailable {
         backend: FabricKind::Verbs,
         reason: "this rafi was built without the verbs backend".into(),
-        hint: "rebuild with `cargo build --release --features verbs` (needs libibverbs-dev \
-               and libclang-dev), or use --fabric shm|tcp"
+        hint: "rebuild with `cargo build --release --features verbs` (needs libibverbs-dev, \
+               librdmacm-dev and libclang-dev), or use --fabric shm|tcp"
             .into(),
     })
 }

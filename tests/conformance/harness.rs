@@ -22,10 +22,7 @@ const CQ_CAPACITY: u32 = 4096;
 /// [`verbs_required`]).
 pub fn run<U: FabricUser<Output = ()>>(kind: FabricKind, test: U) {
     let config = FabricConfig::new(kind);
-    let checked = Checked {
-        config: &config,
-        test,
-    };
+    let checked = Checked { test };
     if let Err(e) = rafi::fabric::open(&config, checked) {
         #[cfg(feature = "verbs")]
         if kind == FabricKind::Verbs && !verbs_required() {
@@ -37,18 +34,16 @@ pub fn run<U: FabricUser<Output = ()>>(kind: FabricKind, test: U) {
 }
 
 /// Runs the test after checking that the device is the one the environment asks for.
-struct Checked<'a, U> {
-    #[cfg_attr(not(feature = "verbs"), allow(dead_code))]
-    config: &'a FabricConfig,
+struct Checked<U> {
     test: U,
 }
 
-impl<U: FabricUser<Output = ()>> FabricUser for Checked<'_, U> {
+impl<U: FabricUser<Output = ()>> FabricUser for Checked<U> {
     type Output = ();
     fn run<F: Fabric>(self, fabric: F) {
         #[cfg(feature = "verbs")]
         if fabric.kind() == FabricKind::Verbs {
-            check_rxe_vm(&fabric, self.config);
+            check_rxe_vm(&fabric);
         }
         self.test.run(fabric)
     }
@@ -67,26 +62,16 @@ fn verbs_required() -> bool {
 /// Inside the soft-RoCE VM the suite must prove it ran on soft-RoCE: the device the verbs
 /// backend opened is `rxe0`, not whichever device happened to be listed first.
 #[cfg(feature = "verbs")]
-fn check_rxe_vm<F: Fabric>(fabric: &F, config: &FabricConfig) {
+fn check_rxe_vm<F: Fabric>(fabric: &F) {
     if std::env::var_os("RAFI_RXE_VM").is_none() {
         return;
     }
-    let name = opened_device_name(fabric, config);
     assert_eq!(
-        name.as_deref(),
-        Some("rxe0"),
+        fabric.device_name(),
+        "rxe0",
         "RAFI_RXE_VM is set, so the verbs tests must run on rxe0 (RAFI_RDMA_DEVICE={:?})",
         std::env::var("RAFI_RDMA_DEVICE").ok()
     );
-}
-
-/// The name of the verbs device `fabric` is. The backend opens exactly the device that
-/// `VerbsConfig::device` names (from `RAFI_RDMA_DEVICE`) or fails to open, so the
-/// configured name is the opened one; a device that reports its own name can answer here
-/// instead.
-#[cfg(feature = "verbs")]
-fn opened_device_name<F: Fabric>(_fabric: &F, config: &FabricConfig) -> Option<String> {
-    config.verbs.device.clone()
 }
 
 /// Whether `fabric` is one of rdma-mock's fabrics, for the few checks of behaviour that

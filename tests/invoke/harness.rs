@@ -197,3 +197,31 @@ impl Drop for ChildProcess {
 pub fn say(line: &str) {
     println!("{LINE_TAG}{line}");
 }
+
+/// Whether the verbs tests can run here: a device opens (it must be `rxe0` inside the
+/// soft-RoCE VM). Without one they skip with a line saying so, unless `RAFI_RXE_VM` or
+/// `RAFI_REQUIRE_VERBS` is set, where a missing device fails them.
+#[cfg(feature = "verbs")]
+pub fn verbs_available() -> bool {
+    use rafi::fabric::verbs::Device;
+    let required = ["RAFI_RXE_VM", "RAFI_REQUIRE_VERBS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    match Device::open(&rafi::fabric::VerbsConfig::from_env()) {
+        Ok(device) => {
+            if std::env::var_os("RAFI_RXE_VM").is_some() {
+                assert_eq!(
+                    device.name(),
+                    "rxe0",
+                    "inside the soft-RoCE VM the device must be rxe0"
+                );
+            }
+            true
+        }
+        Err(e) if !required => {
+            println!("skipped: no verbs device ({e}); set RAFI_REQUIRE_VERBS=1 to fail instead");
+            false
+        }
+        Err(e) => panic!("a verbs device is required here: {e}"),
+    }
+}

@@ -24,10 +24,23 @@ fn open_tcp() -> rdma_mock::Device {
     rdma_mock::Device::open(rdma_mock::DeviceConfig::new(rdma_mock::Fabric::Tcp)).expect("tcp")
 }
 
+#[cfg(feature = "verbs")]
+fn open_verbs() -> rafi::fabric::verbs::Device {
+    rafi::fabric::verbs::Device::open(&rafi::fabric::VerbsConfig::from_env()).expect("verbs")
+}
+
 macro_rules! for_each_backend {
     ($($name:ident),* $(,)?) => {
         mod shm { $( #[test] fn $name() { super::$name(super::open_shm) } )* }
         mod tcp { $( #[test] fn $name() { super::$name(super::open_tcp) } )* }
+        #[cfg(feature = "verbs")]
+        mod verbs {
+            $( #[test] fn $name() {
+                if super::harness::verbs_available() {
+                    super::$name(super::open_verbs)
+                }
+            } )*
+        }
     };
 }
 
@@ -485,6 +498,8 @@ fn child_main() {
     match fabric.as_str() {
         "shm" => run_role(&role, open_shm),
         "tcp" => run_role(&role, open_tcp),
+        #[cfg(feature = "verbs")]
+        "verbs" => run_role(&role, open_verbs),
         other => panic!("unknown fabric {other}"),
     }
 }
