@@ -38,6 +38,12 @@ pub struct ExecutorConfig {
     /// bytes per slot); requests beyond it are refused at allocation.
     pub max_slots: u32,
     pub max_slot_size: u32,
+    /// Copy each request out of its slot before validating it, so that a client writing
+    /// the slot again while the function runs cannot change bytes after they were checked
+    /// (an rkyv archive's relative pointers read after validation must stay valid). `None`:
+    /// copy on tcp and verbs, whose clients reach nothing but their slots; not on shm,
+    /// whose peers map each other's memory and are trusted anyway (docs/rdma-mock.md).
+    pub private_inputs: Option<bool>,
 }
 
 impl ExecutorConfig {
@@ -48,6 +54,7 @@ impl ExecutorConfig {
             polling: Polling::WARM,
             max_slots: 256,
             max_slot_size: 1 << 20,
+            private_inputs: None,
         }
     }
 

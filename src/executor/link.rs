@@ -39,6 +39,8 @@ pub(crate) struct ExecutorLink<F: Fabric> {
     /// Connection function index → catalog id.
     functions: Arc<[u32]>,
     responses: RemoteAddr,
+    /// With private inputs: each request is copied here before it is validated.
+    private: Option<Box<[u8]>>,
     max_inline: usize,
     /// Requests answered and requests dropped unanswerable, for the executor's report.
     pub(crate) served: u64,
@@ -56,6 +58,7 @@ impl<F: Fabric> ExecutorLink<F> {
         client: u64,
         geometry: SlotGeometry,
         functions: Arc<[u32]>,
+        private_inputs: bool,
     ) -> Result<Self, FabricError> {
         let slots = geometry.slots() as usize;
         let slot_size = geometry.slot_size() as usize;
@@ -88,6 +91,7 @@ impl<F: Fabric> ExecutorLink<F> {
             state: ExecutorConnection::new(geometry, functions.len() as u32),
             functions,
             responses: RemoteAddr::default(),
+            private: private_inputs.then(|| vec![0u8; slot_size].into_boxed_slice()),
             max_inline: max_inline as usize,
             served: 0,
             dropped: 0,
@@ -157,7 +161,15 @@ impl<F: Fabric> ExecutorLink<F> {
         let bytes = match slot {
             Some(s) => {
                 self.requests.prefetch(s, len);
-                self.requests.incoming(s, len.min(slot_size))
+                let incoming = self.requests.incoming(s, len.min(slot_size));
+                match self.private.as_deref_mut() {
+                    Some(private) => {
+                        let copy = &mut private[..incoming.len()];
+                        copy.copy_from_slice(incoming);
+                        &*copy
+                    }
+                    None => incoming,
+                }
             }
             None => &[],
         };

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 
 use crate::control::{read_message, write_message, ControlError};
-use crate::fabric::{CompletionQueue, Fabric};
+use crate::fabric::{CompletionQueue, Fabric, FabricKind};
 use crate::protocol::{
     ControlMessage, ErrorKind, ErrorMessage, ExecutorReply, ExecutorWorker, HandshakeError,
     PROTOCOL_VERSION,
@@ -98,6 +98,10 @@ fn admit<F: Fabric, C: Catalog>(
         )));
     }
     let functions: Arc<[u32]> = admission.functions.into();
+    let private_inputs = shared.config.private_inputs.unwrap_or(matches!(
+        shared.fabric.kind(),
+        FabricKind::Tcp | FabricKind::Verbs
+    ));
     // Clients take turns at which worker serves their first connection, so that
     // single-worker allocations spread over the workers.
     let n = shared.workers.len();
@@ -113,6 +117,7 @@ fn admit<F: Fabric, C: Catalog>(
             client,
             admission.geometry,
             functions.clone(),
+            private_inputs,
         )
         .map_err(|e| SessionError::Unavailable(format!("worker {w}: {e}")))?;
         links.push(link);
