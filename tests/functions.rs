@@ -7,13 +7,16 @@
 //! (the nested build runs `--offline`; `cargo test` of this workspace fetched them).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rafi::function::{CallError, FunctionLibrary, FunctionTable, LoadError, NameError};
 use rafi::protocol::Status;
 use rafi_example_functions::{Options, Prices, Product, Tile};
 use rkyv::Archived;
+
+#[path = "support/libraries.rs"]
+mod libraries;
+use libraries::{c_dir, c_example, cc, cc_with, rust_example};
 
 #[global_allocator]
 static GLOBAL: rdma_mock::alloc_counter::CountingAllocator =
@@ -24,93 +27,6 @@ use rdma_mock::alloc_counter::allocations;
 // ---------------------------------------------------------------------------------------
 // Building the libraries.
 // ---------------------------------------------------------------------------------------
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh directory for this test process's C builds.
-fn c_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("functions-c-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    })
-}
-
-/// Compiles C source `src` (a path, or the text of a file) into `lib<name>.so`.
-fn cc(name: &str, src: &str) -> PathBuf {
-    cc_with(name, src, &[])
-}
-
-fn cc_with(name: &str, src: &str, flags: &[&str]) -> PathBuf {
-    let dir = c_dir();
-    let out = dir.join(format!("lib{name}.so"));
-    let source = if src.ends_with(".c") {
-        root().join(src)
-    } else {
-        let p = dir.join(format!("{name}.c"));
-        std::fs::write(&p, src).unwrap();
-        p
-    };
-    let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let status = Command::new(&compiler)
-        .args([
-            "-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-shared", "-fPIC",
-        ])
-        .arg("-I")
-        .arg(root().join("include"))
-        .arg("-o")
-        .arg(&out)
-        .arg(&source)
-        .arg("-lm")
-        .args(flags)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler {compiler:?}: {e}"));
-    assert!(
-        status.success(),
-        "{compiler} failed on {}",
-        source.display()
-    );
-    out
-}
-
-macro_rules! c_example {
-    ($name:literal) => {{
-        static LIB: OnceLock<PathBuf> = OnceLock::new();
-        LIB.get_or_init(|| cc($name, concat!("examples/functions/c/", $name, ".c")))
-            .as_path()
-    }};
-}
-
-/// The Rust example library, built by a nested cargo into a target directory of its own
-/// (no lock shared with the cargo running this test; incremental after the first time).
-fn rust_example() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("example-functions");
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--offline",
-                "--quiet",
-                "-p",
-                "rafi-example-functions",
-            ])
-            .arg("--manifest-path")
-            .arg(root().join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .status()
-            .expect("cannot run cargo");
-        assert!(status.success(), "building rafi-example-functions failed");
-        target.join("debug/librafi_example_functions.so")
-    })
-}
 
 /// A slot-like buffer: 64-byte aligned, as the executor's payloads are.
 #[repr(C, align(64))]
@@ -220,7 +136,7 @@ fn in_slot(bytes: &[u8]) -> Box<Slot> {
 
 #[test]
 fn c_echo_and_noop_by_path_and_from_bytes() {
-    let path = c_example!("echo");
+    let path = c_example("echo");
     let bytes = std::fs::read(path).unwrap();
     for lib in [
         FunctionLibrary::open(path).unwrap(),
@@ -242,7 +158,7 @@ fn c_echo_and_noop_by_path_and_from_bytes() {
 
 #[test]
 fn c_blackscholes_matches_the_reference() {
-    let t = table_of(FunctionLibrary::open(c_example!("blackscholes")).unwrap());
+    let t = table_of(FunctionLibrary::open(c_example("blackscholes")).unwrap());
     let o = options(200);
     let input = in_slot(&c_options(&o));
     let len = c_options(&o).len();
@@ -280,7 +196,7 @@ fn c_blackscholes_matches_the_reference() {
 
 #[test]
 fn c_matmul_is_exact_on_small_integers() {
-    let t = table_of(FunctionLibrary::open(c_example!("matmul")).unwrap());
+    let t = table_of(FunctionLibrary::open(c_example("matmul")).unwrap());
     for n in [0usize, 1, 2, 5, 16] {
         let (a, b, c) = small_int_matrices(n);
         let mut input = (n as u64).to_le_bytes().to_vec();
@@ -563,11 +479,11 @@ fn bad_tables() {
 #[test]
 fn duplicate_names_across_a_table_leave_it_unchanged() {
     let mut t = FunctionTable::with_builtins();
-    t.add_library(FunctionLibrary::open(c_example!("echo")).unwrap())
+    t.add_library(FunctionLibrary::open(c_example("echo")).unwrap())
         .unwrap();
     assert_eq!(t.len(), 4);
     let again =
-        FunctionLibrary::from_bytes("echo", &std::fs::read(c_example!("echo")).unwrap()).unwrap();
+        FunctionLibrary::from_bytes("echo", &std::fs::read(c_example("echo")).unwrap()).unwrap();
     let e = t.add_library(again).unwrap_err();
     assert!(
         matches!(&e, LoadError::DuplicateName { library, name } if library == "memfd:echo" && name == "echo"),
@@ -625,7 +541,7 @@ fn negative_returns_and_overruns() {
 #[test]
 fn a_function_keeps_its_library_loaded() {
     let lib =
-        FunctionLibrary::from_bytes("echo", &std::fs::read(c_example!("echo")).unwrap()).unwrap();
+        FunctionLibrary::from_bytes("echo", &std::fs::read(c_example("echo")).unwrap()).unwrap();
     let echo = lib.functions()[0].clone();
     let t = table_of(lib);
     drop(t);
@@ -649,7 +565,7 @@ fn libraries_from_bytes_never_alias_each_other() {
         &["-Wl,-z,nodelete"],
     );
     let sticky = std::fs::read(sticky).unwrap();
-    let c = std::fs::read(c_example!("echo")).unwrap();
+    let c = std::fs::read(c_example("echo")).unwrap();
     for _ in 0..4 {
         let s = FunctionLibrary::from_bytes("sticky", &sticky).unwrap();
         assert_eq!(s.functions()[0].name(), "sticky");
@@ -666,7 +582,7 @@ fn libraries_from_bytes_never_alias_each_other() {
 #[test]
 fn concurrent_calls_from_several_threads() {
     let mut t = FunctionTable::with_builtins();
-    t.add_library(FunctionLibrary::open(c_example!("matmul")).unwrap())
+    t.add_library(FunctionLibrary::open(c_example("matmul")).unwrap())
         .unwrap();
     let t = Arc::new(t);
     let (a, b, c) = small_int_matrices(6);
@@ -717,9 +633,9 @@ fn sum(o: &Archived<Options>) -> Sum {
 #[test]
 fn calls_allocate_nothing() {
     let mut t = FunctionTable::with_builtins();
-    t.add_library(FunctionLibrary::open(c_example!("echo")).unwrap())
+    t.add_library(FunctionLibrary::open(c_example("echo")).unwrap())
         .unwrap();
-    t.add_library(FunctionLibrary::open(c_example!("blackscholes")).unwrap())
+    t.add_library(FunctionLibrary::open(c_example("blackscholes")).unwrap())
         .unwrap();
     let ids = t
         .resolve(&[

@@ -40,6 +40,10 @@ pub struct ExecutorArgs {
     /// repeat for several. The built-ins rafi.noop and rafi.echo are always there.
     #[arg(long, value_name = "PATH")]
     pub library: Vec<PathBuf>,
+    /// Let clients ship function libraries with their allocation (their code then runs in
+    /// this executor, with its rights).
+    #[arg(long)]
+    pub accept_libraries: bool,
     /// Most slots a client may ask for per worker connection.
     #[arg(long, default_value_t = 256)]
     pub max_slots: u32,
@@ -87,6 +91,7 @@ pub fn run(args: &ExecutorArgs) -> anyhow::Result<()> {
         },
     };
     config.max_slots = args.max_slots;
+    config.accept_libraries = args.accept_libraries;
     config.max_slot_size = u32::try_from(args.max_slot_size)
         .ok()
         .filter(|&s| s <= 1 << 30)

@@ -1,14 +1,15 @@
 //! An allocation: workers of one executor, reached over one queue pair each, with the
 //! blocking invocation API.
 
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use crate::control::{read_message, write_message, ControlError};
 use crate::fabric::Fabric;
-use crate::protocol::{ClientHello, ControlMessage, HandshakeError};
+use crate::protocol::{ClientHello, ControlMessage, HandshakeError, LibraryDesc};
+use rafi_function::rkyv;
 
 use super::error::{AllocateError, InvokeError};
 use super::link::{ClientLink, Event};
@@ -76,15 +77,27 @@ impl<F: Fabric> Allocation<F> {
             )?);
         }
         let names: Vec<String> = functions.iter().map(|s| s.to_string()).collect();
-        let hello = ClientHello::new(
+        let mut hello = ClientHello::new(
             options.client_name.clone(),
             names.clone(),
             options.geometry,
             links.iter().map(ClientLink::describe).collect(),
         );
+        hello.libraries = options
+            .libraries
+            .iter()
+            .map(|l| LibraryDesc {
+                name: l.name.clone(),
+                len: l.bytes.len() as u64,
+            })
+            .collect();
         let mut writer = control.try_clone().map_err(ControlError::Io)?;
         write_message(&mut writer, &ControlMessage::Hello(hello.clone()))
             .map_err(ControlError::Io)?;
+        // The libraries' bytes follow the hello, raw, in its order.
+        for library in &options.libraries {
+            writer.write_all(&library.bytes).map_err(ControlError::Io)?;
+        }
         let mut reader = BufReader::new(control.try_clone().map_err(ControlError::Io)?);
         let reply = read_message(&mut reader)?.into_reply()?;
         reply.check(&hello)?;
@@ -221,6 +234,31 @@ impl<F: Fabric> Allocation<F> {
             slot,
             id,
             len,
+        })
+    }
+
+    /// Invokes `f` on `input` archived with rkyv straight into the request slot (no
+    /// intermediate buffer); read the result in place with [`ResultView::archived`].
+    ///
+    /// # Errors
+    /// See [`InvokeError`]; [`InvokeError::PayloadTooLarge`] when the archive does not fit
+    /// a slot, [`InvokeError::Codec`] when it cannot be built.
+    pub fn invoke_typed<T>(
+        &mut self,
+        f: FunctionId,
+        input: &T,
+    ) -> Result<ResultView<'_, F>, InvokeError>
+    where
+        T: for<'a> rkyv::Serialize<rafi_function::Serializer<'a>>,
+    {
+        self.invoke_view_with(f, |area| {
+            rafi_function::encode(input, area).map_err(|e| match e {
+                rafi_function::EncodeError::OutputTooSmall => InvokeError::PayloadTooLarge {
+                    len: area.len() + 1,
+                    max: area.len(),
+                },
+                other => InvokeError::Codec(format!("archiving the input: {other:?}")),
+            })
         })
     }
 
@@ -471,6 +509,22 @@ impl<F: Fabric> Deref for ResultView<'_, F> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         self.link.output(self.slot, self.len)
+    }
+}
+
+impl<F: Fabric> ResultView<'_, F> {
+    /// The output as the rkyv archive of `A` (e.g. `rkyv::Archived<MyOutput>`), checked in
+    /// place (bytecheck) and viewed without a copy.
+    ///
+    /// # Errors
+    /// [`InvokeError::Codec`] when the bytes are not a valid archive of `A`.
+    pub fn archived<A>(&self) -> Result<&A, InvokeError>
+    where
+        A: rkyv::Portable + for<'a> rkyv::bytecheck::CheckBytes<rafi_function::Validator<'a>>,
+    {
+        rafi_function::decode::<A>(self).map_err(|e| {
+            InvokeError::Codec(format!("the output is not the archive expected: {e:?}"))
+        })
     }
 }
 

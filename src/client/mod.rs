@@ -25,4 +25,4 @@ mod options;
 
 pub use allocation::{Allocation, FunctionId, ResultView};
 pub use error::{AllocateError, InvokeError};
-pub use options::AllocationOptions;
+pub use options::{AllocationOptions, ShippedLibrary};

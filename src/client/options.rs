@@ -24,6 +24,10 @@ pub struct AllocationOptions {
     /// connection is still open (one system call; an invocation answered sooner makes none;
     /// `Duration::MAX`: never).
     pub liveness_interval: Duration,
+    /// Function libraries to ship with the allocation (shared objects exporting the rafi
+    /// function ABI); the executor loads them from memory for this allocation only, if it
+    /// accepts shipped libraries.
+    pub libraries: Vec<ShippedLibrary>,
     /// The first invocation id of each worker connection (1 unless a test wants to cross
     /// the 2^16 or 2^32 boundaries without billions of calls first).
     pub first_id: NonZeroU64,
@@ -39,6 +43,32 @@ impl Default for AllocationOptions {
             spin: None,
             liveness_interval: Duration::from_millis(1),
             first_id: NonZeroU64::MIN,
+            libraries: Vec::new(),
         }
+    }
+}
+
+/// A function library sent to the executor at allocation.
+#[derive(Clone, Debug)]
+pub struct ShippedLibrary {
+    /// A name for the executor's logs and errors.
+    pub name: String,
+    pub bytes: std::sync::Arc<[u8]>,
+}
+
+impl ShippedLibrary {
+    /// Reads the shared object at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> std::io::Result<Self> {
+        let path = path.as_ref();
+        Ok(Self {
+            name: path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            ),
+            bytes: std::fs::read(path)?.into(),
+        })
     }
 }

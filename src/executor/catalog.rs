@@ -27,6 +27,31 @@ pub trait Catalog: Send + Sync + 'static {
     fn call(&self, id: u32, input: &[u8], output: &mut [u8]) -> Outcome;
 }
 
+/// Where a connection's function index leads: the executor's catalog, or a library the
+/// client shipped with its allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Catalog(u32),
+    Shipped(crate::function::FunctionId),
+}
+
+/// Calls `target` with the catalog or the allocation's shipped functions.
+#[inline]
+pub(crate) fn call_target<C: Catalog>(
+    target: Target,
+    catalog: &C,
+    shipped: Option<&crate::function::FunctionTable>,
+    input: &[u8],
+    output: &mut [u8],
+) -> Outcome {
+    match (target, shipped) {
+        (Target::Catalog(id), _) => catalog.call(id, input, output),
+        (Target::Shipped(id), Some(table)) => table.call(id.index(), input, output),
+        // A shipped target without its table cannot be built (the session makes both).
+        (Target::Shipped(_), None) => Outcome::Failed(crate::function::abi::ERR_INTERNAL as i32),
+    }
+}
+
 /// The executor's usual catalog: built-ins and loaded function libraries.
 impl Catalog for crate::function::FunctionTable {
     fn resolve(&self, name: &str) -> Option<u32> {

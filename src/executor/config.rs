@@ -44,6 +44,11 @@ pub struct ExecutorConfig {
     /// copy on tcp and verbs, whose clients reach nothing but their slots; not on shm,
     /// whose peers map each other's memory and are trusted anyway (docs/rdma-mock.md).
     pub private_inputs: Option<bool>,
+    /// Whether clients may ship function libraries with their allocation (code that then
+    /// runs in this executor with its rights). Off by default.
+    pub accept_libraries: bool,
+    /// The largest shipped library accepted, in bytes.
+    pub max_library_len: u64,
 }
 
 impl ExecutorConfig {
@@ -55,6 +60,8 @@ impl ExecutorConfig {
             max_slots: 256,
             max_slot_size: 1 << 20,
             private_inputs: None,
+            accept_libraries: false,
+            max_library_len: 256 << 20,
         }
     }
 

@@ -12,7 +12,8 @@ use crate::protocol::{
     ExecutorConnection, RegionDesc, RequestImm, SlotGeometry, Status, HEADER_LEN,
 };
 
-use super::catalog::{Catalog, Outcome};
+use super::catalog::{call_target, Catalog, Outcome, Target};
+use crate::function::FunctionTable;
 
 /// Completions taken from the queue per poll.
 pub(crate) const POLL_BATCH: usize = 16;
@@ -28,6 +29,18 @@ pub(crate) enum LinkEnd {
     Post(crate::fabric::PostError),
 }
 
+/// What every link of one allocation shares.
+pub(crate) struct LinkPlan {
+    pub(crate) client: u64,
+    pub(crate) geometry: SlotGeometry,
+    /// Connection function index → the function it calls.
+    pub(crate) functions: Arc<[Target]>,
+    /// Libraries the client shipped with the allocation, if any.
+    pub(crate) shipped: Option<Arc<FunctionTable>>,
+    /// Copy each request out of its slot before validating it.
+    pub(crate) private_inputs: bool,
+}
+
 pub(crate) struct ExecutorLink<F: Fabric> {
     /// Which allocation this link belongs to (to tear its links down together).
     pub(crate) client: u64,
@@ -36,8 +49,10 @@ pub(crate) struct ExecutorLink<F: Fabric> {
     requests: SlotRegion<F::Mr>,
     staging: SlotRegion<F::Mr>,
     state: ExecutorConnection,
-    /// Connection function index → catalog id.
-    functions: Arc<[u32]>,
+    /// Connection function index → the function it calls.
+    functions: Arc<[Target]>,
+    /// Libraries the client shipped with the allocation, if any.
+    shipped: Option<Arc<FunctionTable>>,
     responses: RemoteAddr,
     /// With private inputs: each request is copied here before it is validated.
     private: Option<Box<[u8]>>,
@@ -55,11 +70,17 @@ impl<F: Fabric> ExecutorLink<F> {
         fabric: &F,
         pd: &F::Pd,
         channel: &F::Channel,
-        client: u64,
-        geometry: SlotGeometry,
-        functions: Arc<[u32]>,
-        private_inputs: bool,
+        plan: &LinkPlan,
     ) -> Result<Self, FabricError> {
+        let LinkPlan {
+            client,
+            geometry,
+            ref functions,
+            ref shipped,
+            private_inputs,
+        } = *plan;
+        let functions = functions.clone();
+        let shipped = shipped.clone();
         let slots = geometry.slots() as usize;
         let slot_size = geometry.slot_size() as usize;
         let max_inline = fabric.max_inline_data().min(256);
@@ -90,6 +111,7 @@ impl<F: Fabric> ExecutorLink<F> {
             staging,
             state: ExecutorConnection::new(geometry, functions.len() as u32),
             functions,
+            shipped,
             responses: RemoteAddr::default(),
             private: private_inputs.then(|| vec![0u8; slot_size].into_boxed_slice()),
             max_inline: max_inline as usize,
@@ -177,14 +199,18 @@ impl<F: Fabric> ExecutorLink<F> {
             Ok(req) => {
                 let output =
                     &mut self.staging.staging_mut(req.slot as usize, slot_size)[HEADER_LEN..];
-                let id = self.functions[req.function as usize];
-                let (status, code, len) = match catalog.call(id, req.payload, output) {
-                    Outcome::Output(n) if n <= output.len() => (Status::Ok, 0, n),
-                    Outcome::Output(_) | Outcome::OutputTooLarge => (Status::OutputTooLarge, 0, 0),
-                    Outcome::Failed(code) => (Status::FunctionError, code, 0),
-                    Outcome::InvalidInput => (Status::ValidationFailed, 0, 0),
-                    Outcome::Panicked => (Status::FunctionPanicked, 0, 0),
-                };
+                let target = self.functions[req.function as usize];
+                let shipped = self.shipped.as_deref();
+                let (status, code, len) =
+                    match call_target(target, catalog, shipped, req.payload, output) {
+                        Outcome::Output(n) if n <= output.len() => (Status::Ok, 0, n),
+                        Outcome::Output(_) | Outcome::OutputTooLarge => {
+                            (Status::OutputTooLarge, 0, 0)
+                        }
+                        Outcome::Failed(code) => (Status::FunctionError, code, 0),
+                        Outcome::InvalidInput => (Status::ValidationFailed, 0, 0),
+                        Outcome::Panicked => (Status::FunctionPanicked, 0, 0),
+                    };
                 (req.slot, req.id, status, code, len)
             }
             Err(rejection) => {

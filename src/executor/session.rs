@@ -13,10 +13,14 @@ use crate::protocol::{
     PROTOCOL_VERSION,
 };
 
-use super::catalog::Catalog;
-use super::link::ExecutorLink;
+use super::catalog::{Catalog, Target};
+use super::link::{ExecutorLink, LinkPlan};
 use super::worker::Command;
 use super::Shared;
+use crate::function::{FunctionLibrary, FunctionTable};
+
+/// How long a client may take to send its hello and libraries.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves one control connection until the client leaves.
 pub(crate) fn run<F: Fabric, C: Catalog>(
@@ -32,8 +36,12 @@ pub(crate) fn run<F: Fabric, C: Catalog>(
         return;
     };
     let mut writer = write_half;
+    // A client that connects and then says nothing must not hold this thread forever.
+    let _ = writer.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut reader = BufReader::new(stream);
-    let workers = match admit(&shared, &mut reader, &mut writer, client) {
+    let admitted = admit(&shared, &mut reader, &mut writer, client);
+    let _ = writer.set_read_timeout(None);
+    let workers = match admitted {
         Ok(workers) => workers,
         Err(e) => {
             if !matches!(e, SessionError::Control(ControlError::Closed)) {
@@ -85,9 +93,15 @@ fn admit<F: Fabric, C: Catalog>(
     client: u64,
 ) -> Result<Vec<usize>, SessionError> {
     let hello = read_message(reader)?.into_hello()?;
+    let shipped = receive_libraries(shared, &hello, reader)?;
     let admission = hello.admit(shared.fabric.kind(), shared.workers.len() as u32, |name| {
-        shared.catalog.resolve(name)
+        let in_shipped = shipped
+            .as_ref()
+            .and_then(|t| t.id(name))
+            .map(Target::Shipped);
+        in_shipped.or_else(|| shared.catalog.resolve(name).map(Target::Catalog))
     })?;
+    let shipped = shipped.map(Arc::new);
     if !shared.config.allows(admission.geometry) {
         return Err(SessionError::Unavailable(format!(
             "{} slots of {} B exceed this executor's limit of {} slots of {} B",
@@ -97,7 +111,7 @@ fn admit<F: Fabric, C: Catalog>(
             shared.config.max_slot_size
         )));
     }
-    let functions: Arc<[u32]> = admission.functions.into();
+    let functions: Arc<[Target]> = admission.functions.into();
     let private_inputs = shared.config.private_inputs.unwrap_or(matches!(
         shared.fabric.kind(),
         FabricKind::Tcp | FabricKind::Verbs
@@ -108,16 +122,20 @@ fn admit<F: Fabric, C: Catalog>(
     let assigned: Vec<usize> = (0..hello.workers.len())
         .map(|i| (client as usize + i) % n)
         .collect();
+    let plan = LinkPlan {
+        client,
+        geometry: admission.geometry,
+        functions,
+        shipped,
+        private_inputs,
+    };
     let mut links = Vec::with_capacity(hello.workers.len());
     for &w in &assigned {
         let link = ExecutorLink::create(
             &shared.fabric,
             &shared.pd,
             &shared.workers[w].channel,
-            client,
-            admission.geometry,
-            functions.clone(),
-            private_inputs,
+            &plan,
         )
         .map_err(|e| SessionError::Unavailable(format!("worker {w}: {e}")))?;
         links.push(link);
@@ -152,4 +170,58 @@ fn admit<F: Fabric, C: Catalog>(
     )
     .map_err(ControlError::Io)?;
     Ok(assigned)
+}
+
+/// The most bytes of refused libraries read (and dropped) before the refusal is sent.
+const MAX_DRAIN: u64 = 1 << 30;
+
+/// Reads the libraries the hello announces (their bytes follow it) and loads them into a
+/// table of this allocation's own; `None` when none were shipped.
+fn receive_libraries<F: Fabric, C: Catalog>(
+    shared: &Shared<F, C>,
+    hello: &crate::protocol::ClientHello,
+    reader: &mut BufReader<TcpStream>,
+) -> Result<Option<FunctionTable>, SessionError> {
+    if hello.libraries.is_empty() {
+        return Ok(None);
+    }
+    let refusal = if !shared.config.accept_libraries {
+        Some(
+            "this executor does not accept shipped function libraries (it runs with \
+             accept_libraries off; `rafi executor --accept-libraries` turns it on)"
+                .to_string(),
+        )
+    } else {
+        hello
+            .libraries
+            .iter()
+            .find(|l| l.len > shared.config.max_library_len)
+            .map(|l| {
+                format!(
+                    "shipped library {} is {} bytes, more than this executor's limit of {}",
+                    l.name, l.len, shared.config.max_library_len
+                )
+            })
+    };
+    if let Some(refusal) = refusal {
+        // Read what the client is sending before answering: closing a socket with unread
+        // data resets it, and the client could lose the answer that says why.
+        let total: u64 = hello.libraries.iter().map(|l| l.len).sum();
+        let _ = std::io::copy(
+            &mut std::io::Read::take(&mut *reader, total.min(MAX_DRAIN)),
+            &mut std::io::sink(),
+        );
+        return Err(SessionError::Unavailable(refusal));
+    }
+    let mut table = FunctionTable::new();
+    for library in &hello.libraries {
+        let mut bytes = vec![0u8; library.len as usize];
+        std::io::Read::read_exact(reader, &mut bytes).map_err(ControlError::Io)?;
+        let loaded = FunctionLibrary::from_bytes(&library.name, &bytes)
+            .map_err(|e| SessionError::Unavailable(format!("shipped library: {e}")))?;
+        table
+            .add_library(loaded)
+            .map_err(|e| SessionError::Unavailable(format!("shipped library: {e}")))?;
+    }
+    Ok(Some(table))
 }

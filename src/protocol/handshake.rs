@@ -71,6 +71,19 @@ pub struct ClientHello {
     pub slot_size: u32,
     /// One entry per worker wanted.
     pub workers: Vec<ClientWorker>,
+    /// Function libraries the client ships with the allocation: their bytes follow this
+    /// line on the control connection, raw, in this order. Their functions are found
+    /// before the executor's own. Executors accept them only when configured to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libraries: Vec<LibraryDesc>,
+}
+
+/// A function library shipped after the hello: `len` raw bytes of a shared object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibraryDesc {
+    /// A name for logs and errors (e.g. the file name).
+    pub name: String,
+    pub len: u64,
 }
 
 /// One line of the function table: `name` is invoked with function index `index`.
@@ -276,6 +289,7 @@ impl ClientHello {
             slots: geometry.slots(),
             slot_size: geometry.slot_size(),
             workers,
+            libraries: Vec::new(),
         }
     }
 
