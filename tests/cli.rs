@@ -27,7 +27,13 @@ fn stderr(out: &Output) -> String {
 /// Runs a ping-pong with `--json` and returns its one JSON object, after checking the
 /// fields every report carries.
 fn pingpong_json(extra: &[&str]) -> Value {
-    let mut args = vec!["bench", "pingpong", "--json"];
+    bench_json("pingpong", extra)
+}
+
+/// Runs `rafi bench SCENARIO --json EXTRA…` and returns its one JSON object, after checking
+/// the fields every report carries.
+fn bench_json(scenario: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["bench", scenario, "--json"];
     args.extend_from_slice(extra);
     let out = rafi(&args);
     assert!(
@@ -40,7 +46,7 @@ fn pingpong_json(extra: &[&str]) -> Value {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one JSON line expected, got {stdout:?}");
     let v: Value = serde_json::from_str(lines[0]).expect("a valid JSON object");
-    assert_eq!(v["scenario"], "pingpong");
+    assert_eq!(v["scenario"], scenario);
     for field in [
         "size", "iters", "warmup", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "min_ns", "max_ns",
     ] {
@@ -297,4 +303,109 @@ fn help_lists_the_flags() {
     let out = rafi(&["bench", "--help"]);
     let help = String::from_utf8(out.stdout).unwrap();
     assert!(!help.contains("pingpong-peer"), "{help}");
+}
+
+#[test]
+fn invoke_json_hot_and_warm_on_both_fabrics() {
+    for fabric in ["shm", "tcp"] {
+        for mode in ["hot", "warm"] {
+            let v = bench_json(
+                "invoke",
+                &[
+                    "--fabric", fabric, "--mode", mode, "--size", "64", "--iters", "2000",
+                ],
+            );
+            assert_eq!(v["fabric"], fabric, "{v}");
+            assert_eq!(v["mode"], mode, "{v}");
+            assert_eq!(v["size"], 64, "{v}");
+            assert_eq!(v["iters"], 2000, "{v}");
+            assert_eq!(v["op"], "rafi.echo", "{v}");
+        }
+    }
+    // Sizes from nothing to a mebibyte, and the no-output function.
+    for size in ["0", "1M"] {
+        let v = bench_json("invoke", &["--size", size, "--iters", "200"]);
+        assert_eq!(v["fabric"], "shm");
+    }
+    let v = bench_json("invoke", &["--function", "rafi.noop", "--iters", "500"]);
+    assert_eq!(v["op"], "rafi.noop");
+}
+
+#[test]
+fn invoke_of_an_unknown_function_is_a_clear_error() {
+    let out = rafi(&["bench", "invoke", "--function", "nope", "--iters", "10"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nope"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn executor_announces_itself_and_refuses_bad_libraries() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rafi"))
+        .args([
+            "executor",
+            "--fabric",
+            "shm",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rafi executor");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&line).expect("one JSON line");
+    assert_eq!(v["event"], "listening");
+    assert_eq!(v["fabric"], "shm");
+    assert!(
+        v["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{v}"
+    );
+    assert!(v["functions"]
+        .as_array()
+        .unwrap()
+        .contains(&"rafi.echo".into()));
+
+    let out = rafi(&["executor", "--library", "/nonexistent/libnothing.so"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/nonexistent/libnothing.so"), "{err}");
+    let out = rafi(&["executor", "--cores", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// On an RDMA device (the soft-RoCE VM in CI): the raw ping-pong and an invocation over
+/// verbs, the exact commands of the README.
+#[cfg(feature = "verbs")]
+#[test]
+fn verbs_pingpong_and_invoke_on_the_device() {
+    let required = ["RAFI_RXE_VM", "RAFI_REQUIRE_VERBS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if let Err(e) = rafi::fabric::verbs::Device::open(&rafi::fabric::VerbsConfig::from_env()) {
+        assert!(!required, "a verbs device is required here: {e}");
+        println!("skipped: no verbs device ({e})");
+        return;
+    }
+    let device = std::env::var("RAFI_RDMA_DEVICE").unwrap_or_else(|_| "rxe0".into());
+    let v = pingpong_json(&[
+        "--fabric", "verbs", "--device", &device, "--size", "64", "--iters", "1000",
+    ]);
+    assert_eq!(v["fabric"], "verbs");
+    let v = bench_json(
+        "invoke",
+        &[
+            "--fabric", "verbs", "--device", &device, "--size", "64", "--iters", "1000",
+        ],
+    );
+    assert_eq!(v["fabric"], "verbs");
 }
