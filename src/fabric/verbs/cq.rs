@@ -2,6 +2,7 @@
 //! completion queues (`ibv_poll_cq` and `ibv_req_notify_cq` through the provider's ops, as
 //! verbs.h's inlines do: no allocation, no lock, no system call on rxe or mlx5).
 
+use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
@@ -9,9 +10,10 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdma_sys::{ibv_comp_channel, ibv_cq, ibv_wc};
+use rdma_sys::{ibv_comp_channel, ibv_cq, ibv_wc, ibv_wc_opcode, ibv_wc_status};
 
 use super::convert;
+use super::credits::{Credits, Registry, Sides};
 use super::device::Device;
 use super::verbs_error;
 use crate::fabric::{FabricError, WaitError, WorkCompletion};
@@ -160,6 +162,10 @@ pub struct CompletionQueue {
     /// The provider's functions (verbs.h's inline `ibv_poll_cq` / `ibv_req_notify_cq`).
     poll_cq: PollCq,
     req_notify_cq: ReqNotifyCq,
+    /// The queue pairs reporting here, whose queue accounting each completion updates
+    /// (see [`super::credits`]). Filled through `&self` by `create_qp`, used through
+    /// `&mut self` by `poll`, so never both at once.
+    registry: RefCell<Registry>,
 }
 
 pub(super) struct CqInner {
@@ -223,12 +229,21 @@ impl CompletionQueue {
                 inner,
                 poll_cq,
                 req_notify_cq,
+                registry: RefCell::default(),
             }),
             _ => Err(FabricError::Config(format!(
                 "the provider of {} has no poll_cq/req_notify_cq",
                 d.name
             ))),
         }
+    }
+}
+
+impl CompletionQueue {
+    /// Lets completions of queue pair `qpn` retire its requests (`sides`: which of its
+    /// queues report here).
+    pub(super) fn register(&self, qpn: u32, credits: &std::sync::Arc<Credits>, sides: Sides) {
+        self.registry.borrow_mut().register(qpn, credits, sides);
     }
 }
 
@@ -251,9 +266,16 @@ impl crate::fabric::CompletionQueue for CompletionQueue {
                 break; // empty, or a provider error (which verbs leaves to the next poll)
             }
             let got = (got as usize).min(want);
+            let registry = self.registry.get_mut();
             for (slot, wc) in out[done..done + got].iter_mut().zip(&wcs[..got]) {
                 // SAFETY: the provider initialised the first `got` entries.
-                *slot = convert::work_completion(unsafe { wc.assume_init_ref() });
+                let wc = unsafe { wc.assume_init_ref() };
+                registry.completed(
+                    wc.qp_num,
+                    wc.status == ibv_wc_status::IBV_WC_SUCCESS,
+                    wc.opcode & ibv_wc_opcode::IBV_WC_RECV != 0,
+                );
+                *slot = convert::work_completion(wc);
             }
             done += got;
             if got < want {

@@ -25,8 +25,19 @@
 //!   rounded up to the IB table.
 //! - A dead peer fails a request with `RetryExceeded` after about 0.5 s (local ACK timeout
 //!   67 ms, 6 retries; rxe reads a `retry_cnt` of 7 as "forever").
-//! - `max_send_wr` is what the queue pair asks the provider for; providers may grant more,
-//!   and a full send queue is reported (`SendQueueFull`) when the provider refuses.
+//! - Queue depths are counted by the backend ([`credits`]), not left to the provider (which
+//!   may grant more than asked, and rxe frees a send slot before its completion is polled):
+//!   `post_send` refuses with `SendQueueFull(max_send_wr)` while `max_send_wr` requests are
+//!   outstanding (a request is outstanding until its completion is polled; an unsignaled
+//!   one until a later signaled request's completion is polled), `post_recv` with
+//!   `RecvQueueFull(max_recv_wr)` while `max_recv_wr` receives are. Once a completion in
+//!   error was polled (or after `set_error`) nothing is counted: every request is flushed.
+//!   rdma-mock counts unpolled completions the same way (an unsignaled request completes
+//!   there at once, so it does not hold a slot) and rounds the receive depth up.
+//! - A receive posted to a queue pair in error is flushed by the provider on mlx5; rxe's
+//!   user-space `post_recv` never enters the kernel, which flushes the receive queue only
+//!   when the queue pair moves to error. So `post_recv` on a queue pair known to be in
+//!   error moves it to error again (one system call, error path only), which flushes it.
 //! - The opcode of an error completion is whatever the provider reports (verbs defines it
 //!   only for successful completions).
 //! - Regions with REMOTE_WRITE or REMOTE_ATOMIC are registered with LOCAL_WRITE too, which
@@ -36,6 +47,7 @@
 
 mod convert;
 mod cq;
+mod credits;
 mod device;
 mod lib;
 mod memory;

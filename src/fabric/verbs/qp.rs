@@ -13,6 +13,7 @@ use rdma_sys::{
 };
 
 use super::cq::{CompletionQueue, CqInner};
+use super::credits::{Credits, Sides};
 use super::device::errno;
 use super::memory::ProtectionDomain;
 use super::{convert, verbs_error};
@@ -46,6 +47,12 @@ pub struct QueuePair {
     psn: u32,
     config: QpConfig,
     connected: bool,
+    /// Queue accounting shared with the completion queues (see [`super::credits`]).
+    credits: Arc<Credits>,
+    /// Send requests posted (wrapping), signaled ones among them, receives posted.
+    posted: u32,
+    signaled: u32,
+    recv_posted: u32,
     post_send: PostSend,
     post_recv: PostRecv,
 }
@@ -111,6 +118,26 @@ impl QueuePair {
         let ops = unsafe { &(*d.ctx.as_ptr()).ops };
         // SAFETY: a live queue pair.
         let qpn = unsafe { (*qp.as_ptr()).qp_num };
+        let credits = Credits::new(config.max_send_wr);
+        let same = Arc::ptr_eq(&send_cq.inner, &recv_cq.inner);
+        send_cq.register(
+            qpn,
+            &credits,
+            Sides {
+                send: true,
+                recv: same,
+            },
+        );
+        if !same {
+            recv_cq.register(
+                qpn,
+                &credits,
+                Sides {
+                    send: false,
+                    recv: true,
+                },
+            );
+        }
         let mut this = Self {
             qp,
             _send_cq: send_cq.inner.clone(),
@@ -120,6 +147,10 @@ impl QueuePair {
             psn: initial_psn(qpn),
             config,
             connected: false,
+            credits,
+            posted: 0,
+            signaled: 0,
+            recv_posted: 0,
             // Placeholders replaced just below unless the provider lacks them.
             post_send: unsupported_post_send,
             post_recv: unsupported_post_recv,
@@ -332,6 +363,10 @@ impl crate::fabric::QueuePair for QueuePair {
         if !self.connected {
             return Err(PostError::NotConnected);
         }
+        let depth = self.config.max_send_wr;
+        if self.credits.outstanding(self.posted) >= depth && !self.credits.errored() {
+            return Err(PostError::SendQueueFull(depth));
+        }
         let atomic = matches!(wr.op, SendOp::FetchAdd { .. } | SendOp::CmpSwap { .. });
         // SAFETY: all-zero is a valid ibv_sge array and ibv_send_wr (null pointers, zero
         // numbers, no flags).
@@ -427,13 +462,23 @@ impl crate::fabric::QueuePair for QueuePair {
                 };
             }
         }
+        if wr.signaled {
+            // Before posting: the completion may be polled before post_send returns. A
+            // refused request leaves the slot to the next signaled one.
+            self.credits
+                .note_signaled(self.signaled, self.posted.wrapping_add(1));
+        }
         let mut bad = std::ptr::null_mut();
         // SAFETY: the provider's post_send for this live queue pair; the request and its
         // scatter list live on this stack frame for the duration of the call, which copies
         // them (and inline data) into the send queue.
         let rc = unsafe { (self.post_send)(self.qp.as_ptr(), &mut ibv, &mut bad) };
         match rc {
-            0 => Ok(()),
+            0 => {
+                self.posted = self.posted.wrapping_add(1);
+                self.signaled = self.signaled.wrapping_add(u32::from(wr.signaled));
+                Ok(())
+            }
             libc::ENOMEM => Err(PostError::SendQueueFull(self.config.max_send_wr)),
             rc if rc > 0 => Err(PostError::Rejected { errno: rc }),
             _ => Err(PostError::Rejected {
@@ -450,6 +495,11 @@ impl crate::fabric::QueuePair for QueuePair {
                 max: self.config.max_sge,
             });
         }
+        let errored = self.credits.errored();
+        let depth = self.config.max_recv_wr;
+        if self.credits.recv_outstanding(self.recv_posted) >= depth && !errored {
+            return Err(PostError::RecvQueueFull(depth));
+        }
         // SAFETY: all-zero is a valid ibv_sge array.
         let mut sges: [ibv_sge; MAX_SGE] = unsafe { std::mem::zeroed() };
         fill_sges(wr.sgl, &mut sges)?;
@@ -464,7 +514,15 @@ impl crate::fabric::QueuePair for QueuePair {
         // scatter list live on this stack frame for the duration of the call.
         let rc = unsafe { (self.post_recv)(self.qp.as_ptr(), &mut ibv, &mut bad) };
         match rc {
-            0 => Ok(()),
+            0 => {
+                self.recv_posted = self.recv_posted.wrapping_add(1);
+                if errored {
+                    // rxe flushes receives only when the queue pair moves to error (its
+                    // post_recv stays in user space): move it again (module docs).
+                    self.set_error();
+                }
+                Ok(())
+            }
             libc::ENOMEM => Err(PostError::RecvQueueFull(self.config.max_recv_wr)),
             rc if rc > 0 => Err(PostError::Rejected { errno: rc }),
             _ => Err(PostError::Rejected {
@@ -474,6 +532,7 @@ impl crate::fabric::QueuePair for QueuePair {
     }
 
     fn set_error(&mut self) {
+        self.credits.set_errored();
         // SAFETY: all-zero is a valid ibv_qp_attr.
         let mut attr: ibv_qp_attr = unsafe { std::mem::zeroed() };
         attr.qp_state = ibv_qp_state::IBV_QPS_ERR;
