@@ -61,9 +61,11 @@ cargo test --workspace --doc --locked
 cargo test --locked --features verbs --test verbs
 
 step "soft-RoCE: verbs tests in a qemu guest"
-# The verbs smoke tests, the conformance suite and the end-to-end invocation tests on rxe0;
-# each asserts that rxe0 is the device it really used. More suites: add them here.
-run_in_rxe_vm verbs conformance:verbs:: invoke:verbs:: invoke_hot_path:verbs
+# The verbs smoke tests, the conformance suite, the end-to-end invocation tests, the hot
+# path's allocation check, and `rafi bench pingpong|invoke --fabric verbs` on rxe0; each
+# asserts that rxe0 is the device it really used. More suites: add them here.
+run_in_rxe_vm verbs conformance:verbs:: invoke:verbs:: invoke_hot_path:verbs \
+    cli:verbs_pingpong_and_invoke_on_the_device
 
 echo
 echo "all tests passed"
