@@ -27,7 +27,13 @@
 //! Floors (`--baseline`): `cacheline` bounces one 64-bit flag each way on its own 128-byte
 //! aligned line of a shared memfd page; `memcpy` does the same after copying `--size` bytes
 //! into the peer's shared buffer (what an shm one-sided write costs at least); `tcp` is a
-//! plain TCP loopback ping-pong of `--size` bytes with TCP_NODELAY and blocking read/write.
+//! plain TCP loopback ping-pong of `--size` bytes with TCP_NODELAY and blocking read/write;
+//! `copy` is `memcpy` where each side also copies the payload it received out of the shared
+//! buffer into a private one (what a peer that consumes its input costs at least); `wake`
+//! is the cache-line ping-pong with a sleeping responder: it blocks in read(2) on an
+//! eventfd that the client writes after raising its flag (what waking a sleeping worker
+//! costs at least), with `--gap-us` of idle time between round trips so that it really is
+//! asleep when the request comes.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -120,6 +126,13 @@ struct Args {
     /// The cache-line floor's shared memfd, inherited by the responder.
     #[arg(long, hide = true)]
     shm_fd: Option<i32>,
+    /// The wake floor's eventfd, inherited by the responder.
+    #[arg(long, hide = true)]
+    wake_fd: Option<i32>,
+    /// Idle microseconds between round trips (untimed) [default: 50 for --baseline wake,
+    /// else 0].
+    #[arg(long)]
+    gap_us: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -159,6 +172,8 @@ enum Baseline {
     Cacheline,
     Memcpy,
     Tcp,
+    Wake,
+    Copy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -220,6 +235,15 @@ impl Args {
         })
     }
 
+    fn gap_us(&self) -> u64 {
+        self.gap_us
+            .unwrap_or(if self.baseline == Some(Baseline::Wake) {
+                50
+            } else {
+                0
+            })
+    }
+
     fn warmup(&self) -> u64 {
         self.warmup.unwrap_or((self.iters / 10).max(1000))
     }
@@ -235,7 +259,9 @@ impl Args {
             None if self.op == Op::Write && self.wait() == Wait::Block => {
                 bail!("--op write has no completion to block on: use --wait spin or yield")
             }
-            Some(Baseline::Cacheline | Baseline::Memcpy) if self.wait() == Wait::Block => {
+            Some(Baseline::Cacheline | Baseline::Memcpy | Baseline::Wake | Baseline::Copy)
+                if self.wait() == Wait::Block =>
+            {
                 bail!("the shared-memory floors spin: use --wait spin or yield")
             }
             _ => Ok(()),
@@ -574,7 +600,9 @@ fn client(args: &Args) -> Result<()> {
     );
     let run = match args.baseline {
         None => fabric_client(args, &clock)?,
-        Some(Baseline::Cacheline | Baseline::Memcpy) => shared_memory_client(args, &clock)?,
+        Some(Baseline::Cacheline | Baseline::Memcpy | Baseline::Wake | Baseline::Copy) => {
+            shared_memory_client(args, &clock)?
+        }
         Some(Baseline::Tcp) => tcp_client(args, &clock)?,
     };
     run.report(args, &clock)
@@ -583,7 +611,9 @@ fn client(args: &Args) -> Result<()> {
 fn responder(args: &Args) -> Result<()> {
     match args.baseline {
         None => fabric_responder(args),
-        Some(Baseline::Cacheline | Baseline::Memcpy) => shared_memory_responder(args),
+        Some(Baseline::Cacheline | Baseline::Memcpy | Baseline::Wake | Baseline::Copy) => {
+            shared_memory_responder(args)
+        }
         Some(Baseline::Tcp) => tcp_responder(args),
     }
 }
@@ -1144,9 +1174,16 @@ fn copy_payload(from: &[u8], to: *mut u8) {
     unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), to, from.len()) };
 }
 
+/// Copies the payload the peer wrote at `from` into the private buffer `to`.
+fn copy_out(from: *const u8, to: &mut [u8]) {
+    // SAFETY: `from` has `to.len()` bytes (SharedPage::buffer checked it) of shared memory,
+    // never a Rust reference, so it cannot alias `to`; the peer wrote it before its flag.
+    unsafe { std::ptr::copy_nonoverlapping(from, to.as_mut_ptr(), to.len()) };
+}
+
 fn floor_payload(args: &Args) -> usize {
     match args.baseline {
-        Some(Baseline::Memcpy) => args.size,
+        Some(Baseline::Memcpy | Baseline::Copy) => args.size,
         _ => 0,
     }
 }
@@ -1155,9 +1192,19 @@ fn shared_memory_client(args: &Args, clock: &Clock) -> Result<Run> {
     pin(args.client_cpu, "client")?;
     let payload = floor_payload(args);
     let (page, fd) = SharedPage::create(SharedPage::len_for(payload))?;
-    let mut peer = Peer::spawn(&["--shm-fd".into(), fd.as_raw_fd().to_string()])?;
+    let wake = (args.baseline == Some(Baseline::Wake))
+        .then(WakeFd::create)
+        .transpose()?;
+    let mut peer_args = vec!["--shm-fd".into(), fd.as_raw_fd().to_string()];
+    if let Some(w) = &wake {
+        peer_args.extend(["--wake-fd".into(), w.0.as_raw_fd().to_string()]);
+    }
+    let mut peer = Peer::spawn(&peer_args)?;
     drop(fd); // the mapping keeps the memory; the child has its own copy of the descriptor
     peer.expect_ready()?;
+    let gap = Duration::from_micros(args.gap_us());
+    let copy_in = args.baseline == Some(Baseline::Copy) && payload > 0;
+    let mut private = vec![0u8; if copy_in { payload } else { 0 }];
 
     let (request, reply) = (page.flag(0), page.flag(1));
     let (out_buf, src) = (page.buffer(0, payload), vec![0x5au8; payload]);
@@ -1168,14 +1215,23 @@ fn shared_memory_client(args: &Args, clock: &Clock) -> Result<Run> {
         if k == warmup {
             start = Instant::now();
         }
+        if !gap.is_zero() {
+            idle_for(gap);
+        }
         let mut idle = Idle::new(args.wait());
         let t0 = clock.now();
         if payload > 0 {
             copy_payload(&src, out_buf);
         }
         request.store(request_seq(k), Ordering::Release);
+        if let Some(w) = &wake {
+            w.signal()?;
+        }
         while reply.load(Ordering::Acquire) != reply_seq(k) {
             idle.pause(None, "the responder's flag")?;
+        }
+        if copy_in {
+            copy_out(page.buffer(1, payload), &mut private);
         }
         let t1 = clock.now();
         if k >= warmup {
@@ -1187,6 +1243,8 @@ fn shared_memory_client(args: &Args, clock: &Clock) -> Result<Run> {
 
     let (op, size) = match args.baseline {
         Some(Baseline::Memcpy) => ("memcpy", payload),
+        Some(Baseline::Copy) => ("copy", payload),
+        Some(Baseline::Wake) => ("wake", 8),
         _ => ("cacheline", 8),
     };
     let mut extra = serde_json::Map::new();
@@ -1213,10 +1271,20 @@ fn shared_memory_responder(args: &Args) -> Result<()> {
     control.send(&Msg::Ready)?;
     let (request, reply) = (page.flag(0), page.flag(1));
     let (out_buf, src) = (page.buffer(1, payload), vec![0xa5u8; payload]);
+    let wake = args.wake_fd.map(WakeFd::inherited);
+    let copy_in = args.baseline == Some(Baseline::Copy) && payload > 0;
+    let mut private = vec![0u8; if copy_in { payload } else { 0 }];
     for k in 0..args.warmup() + args.iters {
         let mut idle = Idle::new(args.wait());
         while request.load(Ordering::Acquire) != request_seq(k) {
-            idle.pause(None, "the client's flag")?;
+            match &wake {
+                // Sleep until the client's write; a wake-up may be for an earlier flag.
+                Some(w) => w.sleep()?,
+                None => idle.pause(None, "the client's flag")?,
+            }
+        }
+        if copy_in {
+            copy_out(page.buffer(0, payload), &mut private);
         }
         if payload > 0 {
             copy_payload(&src, out_buf);
@@ -1224,6 +1292,51 @@ fn shared_memory_responder(args: &Args) -> Result<()> {
         reply.store(reply_seq(k), Ordering::Release);
     }
     control.expect_done()
+}
+
+/// The wake floor's eventfd: the client writes it, the sleeping responder reads it.
+struct WakeFd(OwnedFd);
+
+impl WakeFd {
+    /// An eventfd that is not close-on-exec: the responder inherits its number.
+    fn create() -> Result<Self> {
+        // SAFETY: eventfd with constant arguments.
+        let fd = unsafe { libc::eventfd(0, 0) };
+        ensure!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn inherited(fd: i32) -> Self {
+        // SAFETY: the client passed the number of the eventfd this process inherited, and
+        // nothing else in this process owns it.
+        Self(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn signal(&self) -> Result<()> {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd.
+        let n = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), 8) };
+        ensure!(n == 8, "eventfd write: {}", std::io::Error::last_os_error());
+        Ok(())
+    }
+
+    /// Blocks until the eventfd is written (and clears it).
+    fn sleep(&self) -> Result<()> {
+        let mut value = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live buffer from our eventfd.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), value.as_mut_ptr().cast(), 8) };
+        ensure!(n == 8, "eventfd read: {}", std::io::Error::last_os_error());
+        Ok(())
+    }
+}
+
+/// Spins for `d` (untimed idle time between round trips).
+fn idle_for(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
 }
 
 // ---- floor: plain TCP loopback ---------------------------------------------------------------
