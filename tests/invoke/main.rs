@@ -463,7 +463,7 @@ fn async_invocations_on_tokio<F: Fabric>(open: fn() -> F) {
             open,
             at,
             AllocationOptions {
-                timeout: Duration::from_millis(300),
+                timeout: Duration::from_millis(600),
                 ..AllocationOptions::default()
             },
         );
@@ -472,17 +472,37 @@ fn async_invocations_on_tokio<F: Fabric>(open: fn() -> F) {
             let out = a.invoke_async(echo, &i.to_le_bytes()).await.unwrap();
             assert_eq!(out, i.to_le_bytes());
         }
-        // Waiting long enough to sleep in the reactor, and timing out there.
+        // Waiting long enough to sleep in the reactor, and timing out there. While it
+        // waits, the waiting thread (this one: a current-thread runtime) burns no CPU: a
+        // spinning wait of 250 ms would use all of it.
         let slow = a.function("slow").unwrap();
+        let cpu_before = thread_cpu_time();
         assert_eq!(
-            a.invoke_async(slow, &50u64.to_le_bytes()).await.unwrap(),
+            a.invoke_async(slow, &250u64.to_le_bytes()).await.unwrap(),
             b""
         );
+        let cpu = thread_cpu_time() - cpu_before;
+        assert!(
+            cpu < Duration::from_millis(100),
+            "the waiting thread used {cpu:?} of CPU during a 250 ms wait"
+        );
         assert!(matches!(
-            a.invoke_async(slow, &1000u64.to_le_bytes()).await,
+            a.invoke_async(slow, &1500u64.to_le_bytes()).await,
             Err(InvokeError::TimedOut(_))
         ));
     });
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_THREAD is the calling thread.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage");
+    // SAFETY: initialized by the successful call above (and zeroed before).
+    let usage = unsafe { usage.assume_init() };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 // ---- child processes ----------------------------------------------------------------------
