@@ -50,6 +50,8 @@ cargo fmt --all -- --check || die "formatting differs: run 'cargo fmt --all'"
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features verbs -- -D warnings
+# The library alone, as an MPI code links it (no CLI, benchmarks or tokio).
+cargo clippy -p rafi --lib --locked --no-default-features -- -D warnings
 
 step "cargo test"
 # The examples and benchmarks are built (and so checked) by --all-targets; the doc tests

@@ -1,25 +1,39 @@
 //! rafi: RDMA-accelerated function invocation for HPC clusters.
 //!
-//! An MPI rank leases idle cores, and invokes functions there by writing its payload straight
-//! into executor memory with one-sided RDMA writes. This crate will hold the
-//! executors, client and managers (see `../shared/DESIGN.md` and the open issues); today it
-//! holds the foundation they run on: [`rdma_mock`], the software fabric with verbs semantics
-//! that runs on hosts without RDMA hardware (shared memory on one host, TCP across hosts);
-//! [`protocol`], the sans-IO wire format of the invocation path (slots, immediates,
-//! invocation ids, credits, status codes, the allocation handshake; see `docs/protocol.md`);
-//! and [`function`], the function layer an executor calls: C-ABI libraries loaded by path or
-//! from bytes, built-in Rust functions, and the name table (see `docs/functions.md`).
-// Unsafe code lives only in `fabric` (the verbs backend and raw region access) and in
-// `function` (dlopen and the call into a loaded library), each
-// block with a SAFETY comment; everything else is safe Rust.
+//! An MPI rank allocates workers of an executor on spare cores and invokes functions there
+//! by writing its payload straight into executor memory with one-sided RDMA writes; the
+//! executor answers the same way.
+//!
+//! ```text
+//!  client (MPI rank)                                executor (workers pinned to cores)
+//!  client::Allocation ── control: executor::session (JSON lines, protocol::handshake) ──▶
+//!    invoke ── WRITE_WITH_IMM into a request slot (protocol) ──▶ worker: validate,
+//!                                                                function::FunctionTable
+//!    result ◀── WRITE_WITH_IMM into the response slot ───────── call, answer
+//!  all of it over fabric::Fabric: rdma-mock shm | rdma-mock tcp | verbs (libibverbs)
+//! ```
+//!
+//! | module | what |
+//! |---|---|
+//! | [`fabric`] | one interface over every backend, static dispatch |
+//! | [`protocol`] | the sans-IO wire format: slots, immediates, ids, credits, statuses, handshake |
+//! | [`executor`] | worker threads, per-client links, the allocation handshake |
+//! | [`client`] | allocations and invocations: blocking, zero-copy, typed, fan-out, async |
+//! | [`function`] | C-ABI function libraries (by path or shipped), built-ins, the name table |
+//! | [`control`] | JSON lines of the control connection |
+//! | `bench` | the benchmarks `rafi bench` runs (feature `cli`) |
+//!
+//! `docs/invocation.md`, `docs/protocol.md` and `docs/functions.md` describe them.
+// Unsafe code lives only in `fabric` (the verbs backend, raw region access, the reactor
+// registration) and in `function` (dlopen and the call into a loaded library), each block
+// with a SAFETY comment; everything else is safe Rust.
 #![deny(unsafe_code)]
 
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod client;
 pub mod control;
 pub mod executor;
 pub mod fabric;
-
 pub mod function;
-
 pub mod protocol;
