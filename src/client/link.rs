@@ -37,6 +37,10 @@ pub(crate) struct ClientLink<F: Fabric> {
     state: ClientConnection,
     requests: RemoteAddr,
     max_inline: usize,
+    /// Sends since the last signaled one: one in `signal_every` asks for a completion,
+    /// which (on verbs) also frees the send-queue entries of the unsignaled ones before it.
+    unsignaled: u32,
+    signal_every: u32,
     /// Completions polled but not handled yet.
     polled: [WorkCompletion; POLL_BATCH],
     polled_next: usize,
@@ -89,6 +93,8 @@ impl<F: Fabric> ClientLink<F> {
             state: ClientConnection::with_first_id(geometry, function_count, first_id),
             requests: RemoteAddr::default(),
             max_inline: max_inline as usize,
+            unsignaled: 0,
+            signal_every: (geometry.slots() / 2).max(1),
             polled: [WorkCompletion::default(); POLL_BATCH],
             polled_next: 0,
             polled_len: 0,
@@ -196,12 +202,16 @@ impl<F: Fabric> ClientLink<F> {
             },
             imm: prepared.imm,
         };
+        let signaled = self.unsignaled + 1 >= self.signal_every;
+        self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
         let posted = if write_len <= self.max_inline {
             let message = &self.staging.staging_mut(slot, write_len)[..];
-            self.qp.post_send(&SendWr::inline(slot as u64, op, message))
+            self.qp
+                .post_send(&signal(SendWr::inline(slot as u64, op, message), signaled))
         } else {
             let sge = [self.staging.sge(slot, write_len)];
-            self.qp.post_send(&SendWr::new(slot as u64, op, &sge))
+            self.qp
+                .post_send(&signal(SendWr::new(slot as u64, op, &sge), signaled))
         };
         if let Err(e) = posted {
             let _ = self.state.cancel(prepared.slot, prepared.id);
@@ -388,5 +398,15 @@ fn prepare_error(e: PrepareError) -> InvokeError {
         PrepareError::IdsExhausted => {
             InvokeError::ExecutorGone("the connection has used all its invocation ids".into())
         }
+    }
+}
+
+/// `wr`, unsignaled unless `signaled`.
+#[inline]
+fn signal(wr: SendWr<'_>, signaled: bool) -> SendWr<'_> {
+    if signaled {
+        wr
+    } else {
+        wr.unsignaled()
     }
 }

@@ -57,6 +57,10 @@ pub(crate) struct ExecutorLink<F: Fabric> {
     /// With private inputs: each request is copied here before it is validated.
     private: Option<Box<[u8]>>,
     max_inline: usize,
+    /// Sends since the last signaled one: one in `signal_every` asks for a completion,
+    /// which (on verbs) also frees the send-queue entries of the unsignaled ones before it.
+    unsignaled: u32,
+    signal_every: u32,
     /// Requests answered and requests dropped unanswerable, for the executor's report.
     pub(crate) served: u64,
     pub(crate) dropped: u64,
@@ -115,6 +119,8 @@ impl<F: Fabric> ExecutorLink<F> {
             responses: RemoteAddr::default(),
             private: private_inputs.then(|| vec![0u8; slot_size].into_boxed_slice()),
             max_inline: max_inline as usize,
+            unsignaled: 0,
+            signal_every: (geometry.slots() / 2).max(1),
             served: 0,
             dropped: 0,
         };
@@ -239,12 +245,16 @@ impl<F: Fabric> ExecutorLink<F> {
             },
             imm: response.imm,
         };
+        let signaled = self.unsignaled + 1 >= self.signal_every;
+        self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
         let posted = if response.write_len <= self.max_inline {
             let message = &self.staging.staging_mut(slot, response.write_len)[..];
-            self.qp.post_send(&SendWr::inline(slot as u64, op, message))
+            self.qp
+                .post_send(&signal(SendWr::inline(slot as u64, op, message), signaled))
         } else {
             let sge = [self.staging.sge(slot, response.write_len)];
-            self.qp.post_send(&SendWr::new(slot as u64, op, &sge))
+            self.qp
+                .post_send(&signal(SendWr::new(slot as u64, op, &sge), signaled))
         };
         posted.map_err(LinkEnd::Post)?;
         self.served += 1;
@@ -264,5 +274,15 @@ impl<F: Fabric> std::fmt::Debug for ExecutorLink<F> {
             .field("qp", &self.qp.qp_num())
             .field("served", &self.served)
             .finish()
+    }
+}
+
+/// `wr`, unsignaled unless `signaled`.
+#[inline]
+fn signal(wr: SendWr<'_>, signaled: bool) -> SendWr<'_> {
+    if signaled {
+        wr
+    } else {
+        wr.unsignaled()
     }
 }
