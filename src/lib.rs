@@ -21,6 +21,7 @@
 //! | [`client`] | allocations and invocations: blocking, zero-copy, typed, fan-out, async |
 //! | [`function`] | C-ABI function libraries (by path or shipped), built-ins, the name table |
 //! | [`control`] | JSON lines of the control connection |
+//! | [`cluster`] | leases: the resource manager, executor managers, their API and tokens |
 //! | `bench` | the benchmarks `rafi bench` runs (feature `cli`) |
 //!
 //! `docs/invocation.md`, `docs/protocol.md` and `docs/functions.md` describe them.
@@ -32,6 +33,7 @@
 #[cfg(feature = "cli")]
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod control;
 pub mod executor;
 pub mod fabric;
