@@ -13,9 +13,12 @@
 //!   the resource manager, the executor managers and clients.
 //! * [`token`]: lease tokens signed with the cluster secret, so that an executor manager checks
 //!   a client's right to cores without asking the resource manager.
+//! * [`lease`]: the client side: lease from the resource manager, allocate through a
+//!   node's executor manager.
 //! * [`http`]: the small blocking HTTP/1.1 client managers and clients call the resource
 //!   manager with.
 
 pub mod api;
 pub mod http;
+pub mod lease;
 pub mod token;

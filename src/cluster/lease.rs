@@ -1,0 +1,183 @@
+//! The client side of the cluster: lease cores from the resource manager, then allocate
+//! executors on the nodes of the lease through their executor managers.
+//!
+//! ```text
+//!  LeaseClient::lease ── POST /v1/leases ──▶ resource manager ──▶ Lease { parts: [node, token] }
+//!  Leased::allocate(part) ── allocate{token} ──▶ executor manager ── spawns an executor
+//!                         ◀── allocated{executor} ──┘
+//!  client::Allocation::connect(executor) …  (the manager connection is kept: closing it
+//!                                            ends the executor)
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use super::api::{Lease, LeasePart, LeaseRequest, LeaseStatus, ManagerMessage, RenewRequest};
+use super::http::{call, CallError};
+use crate::client::{AllocateError, Allocation, AllocationOptions};
+use crate::fabric::Fabric;
+
+/// Talks to the resource manager as one client.
+#[derive(Clone, Debug)]
+pub struct LeaseClient {
+    /// `host:port` of the resource manager.
+    pub resource_manager: String,
+    /// `client-name:secret`, as configured on the resource manager.
+    pub credential: String,
+}
+
+impl LeaseClient {
+    pub fn new(resource_manager: impl Into<String>, client: &str, secret: &str) -> Self {
+        Self {
+            resource_manager: resource_manager.into(),
+            credential: format!("{client}:{secret}"),
+        }
+    }
+
+    /// Leases resources.
+    ///
+    /// # Errors
+    /// [`CallError`]; `kind() == Some("exhausted")` when the cluster has no room.
+    pub fn lease(&self, request: &LeaseRequest) -> Result<Lease, CallError> {
+        call(
+            &self.resource_manager,
+            "POST",
+            "/v1/leases",
+            &self.credential,
+            Some(request),
+        )
+    }
+
+    /// Extends a lease by `duration` from now.
+    ///
+    /// # Errors
+    /// [`CallError`]; `gone` when it has ended already.
+    pub fn renew(&self, lease: u64, duration: Duration) -> Result<Lease, CallError> {
+        call(
+            &self.resource_manager,
+            "POST",
+            &format!("/v1/leases/{lease}/renew"),
+            &self.credential,
+            Some(&RenewRequest {
+                duration_ms: duration.as_millis() as u64,
+            }),
+        )
+    }
+
+    /// Ends a lease; its executors are stopped.
+    ///
+    /// # Errors
+    /// [`CallError`].
+    pub fn release(&self, lease: u64) -> Result<LeaseStatus, CallError> {
+        call::<(), _>(
+            &self.resource_manager,
+            "DELETE",
+            &format!("/v1/leases/{lease}"),
+            &self.credential,
+            None,
+        )
+    }
+}
+
+/// Allocating on a leased node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeasedAllocateError {
+    #[error("cannot reach the executor manager of node {node} at {addr}: {source}")]
+    Connect {
+        node: String,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the executor manager of node {node} refused ({kind}): {message}")]
+    Refused {
+        node: String,
+        kind: String,
+        message: String,
+    },
+    #[error("the executor manager of node {node}: {message}")]
+    Protocol { node: String, message: String },
+    #[error(transparent)]
+    Allocate(#[from] AllocateError),
+}
+
+/// An allocation on a leased node: the executor's workers, and the connection to the
+/// node's executor manager that keeps the executor alive (dropping this ends it).
+pub struct Leased<F: Fabric> {
+    pub allocation: Allocation<F>,
+    /// Time from the allocate request to the executor listening, as the manager measured.
+    pub spawn: Duration,
+    /// Time from the allocate request to the allocation being ready to invoke.
+    pub ready: Duration,
+    _manager: TcpStream,
+}
+
+impl<F: Fabric> Leased<F> {
+    /// Starts an executor for `part` through its node's manager and allocates all of its
+    /// workers (one per leased core) for `functions`.
+    ///
+    /// # Errors
+    /// [`LeasedAllocateError`].
+    pub fn allocate(
+        fabric: F,
+        part: &LeasePart,
+        functions: &[&str],
+        mode: Option<&str>,
+        mut options: AllocationOptions,
+    ) -> Result<Self, LeasedAllocateError> {
+        let started = Instant::now();
+        let node = part.node_name.clone();
+        let protocol = |message: String| LeasedAllocateError::Protocol {
+            node: node.clone(),
+            message,
+        };
+        let manager = TcpStream::connect(&part.manager_address).map_err(|source| {
+            LeasedAllocateError::Connect {
+                node: node.clone(),
+                addr: part.manager_address.clone(),
+                source,
+            }
+        })?;
+        let _ = manager.set_nodelay(true);
+        let mut writer = manager.try_clone().map_err(|e| protocol(e.to_string()))?;
+        let request = ManagerMessage::Allocate {
+            token: part.token.clone(),
+            mode: mode.map(str::to_string),
+        };
+        let mut line = serde_json::to_string(&request).map_err(|e| protocol(e.to_string()))?;
+        line.push('\n');
+        writer
+            .write_all(line.as_bytes())
+            .map_err(|e| protocol(e.to_string()))?;
+        let mut reader = BufReader::new(manager.try_clone().map_err(|e| protocol(e.to_string()))?);
+        let mut answer = String::new();
+        reader
+            .read_line(&mut answer)
+            .map_err(|e| protocol(e.to_string()))?;
+        let (executor, spawn_ns) = match serde_json::from_str::<ManagerMessage>(&answer) {
+            Ok(ManagerMessage::Allocated {
+                executor, spawn_ns, ..
+            }) => (executor, spawn_ns),
+            Ok(ManagerMessage::Error { kind, message }) => {
+                return Err(LeasedAllocateError::Refused {
+                    node,
+                    kind,
+                    message,
+                })
+            }
+            Ok(other) => return Err(protocol(format!("unexpected answer {other:?}"))),
+            Err(e) if answer.is_empty() => {
+                return Err(protocol(format!("closed the connection ({e})")))
+            }
+            Err(e) => return Err(protocol(format!("malformed answer {answer:?}: {e}"))),
+        };
+        options.workers = part.cores.len().max(1);
+        let allocation = Allocation::connect(fabric, executor.as_str(), functions, options)?;
+        Ok(Self {
+            allocation,
+            spawn: Duration::from_nanos(spawn_ns),
+            ready: started.elapsed(),
+            _manager: manager,
+        })
+    }
+}
