@@ -409,3 +409,74 @@ fn verbs_pingpong_and_invoke_on_the_device() {
     );
     assert_eq!(v["fabric"], "verbs");
 }
+
+/// A `rafi executor` on a free port, killed when dropped.
+struct RunningExecutor {
+    child: std::process::Child,
+    address: String,
+}
+
+impl RunningExecutor {
+    fn start(extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rafi"))
+            .args(["executor", "--fabric", "shm", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rafi executor");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value = serde_json::from_str(&line).expect("the listening line");
+        let address = v["address"].as_str().unwrap().to_string();
+        Self { child, address }
+    }
+}
+
+impl Drop for RunningExecutor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn invoke_from_the_shell() {
+    let ex = RunningExecutor::start(&[]);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rafi"))
+            .args(["invoke", "--executor", &ex.address])
+            .args(args)
+            .output()
+            .expect("rafi invoke")
+    };
+    let out = run(&["rafi.echo", "hello rafi"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello rafi\n");
+    let out = run(&["rafi.echo", "--hex", "00ff10"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "00ff10\n");
+    let out = run(&["rafi.noop", "x", "--repeat", "100"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("100 calls"), "{}", stderr(&out));
+    // Errors: an unknown function, bad hex, and nowhere to invoke.
+    let out = run(&["nope", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown function(s): nope"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["rafi.echo", "--hex", "0g"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(env!("CARGO_BIN_EXE_rafi"))
+        .args(["invoke", "rafi.echo", "x"])
+        .env_remove("RAFI_EXECUTOR")
+        .env_remove("RAFI_RESOURCE_MANAGER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--executor"), "{}", stderr(&out));
+}

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! rafi executor …           serve functions on the cores given (executor.rs)
+//! rafi invoke …            invoke a function from the shell (invoke.rs)
 //! rafi bench pingpong …     raw fabric round trips between two processes (bench/pingpong.rs)
 //! rafi bench invoke …       invocations through the whole stack (bench/invoke.rs)
 //! ```
@@ -12,6 +13,7 @@
 mod args;
 mod bench;
 mod executor;
+mod invoke;
 
 use std::process::ExitCode;
 
@@ -29,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve functions to clients, one worker thread pinned to each core given.
     Executor(executor::ExecutorArgs),
+    /// Invoke a function from the shell (on an executor, or on a core leased for the call).
+    Invoke(invoke::InvokeArgs),
     /// Measure latencies (fabric ping-pong, invocations).
     Bench(bench::BenchArgs),
 }
@@ -39,10 +43,28 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rafi: error: {e:#}");
+            eprintln!("rafi: error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. Many of rafi's errors already say their cause
+/// (`cannot reach X: connection refused`); a cause whose text is already in the line is
+/// not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Runs a parsed command.
@@ -52,6 +74,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Executor(args) => executor::run(&args),
+        Command::Invoke(args) => invoke::run(&args),
         Command::Bench(args) => bench::run(args),
     }
 }
@@ -59,6 +82,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_already_said_are_not_repeated() {
+        let io = std::io::Error::other("connection refused");
+        let e = anyhow::Error::new(io).context("cannot reach X: connection refused");
+        let e = e.context("allocating");
+        assert_eq!(report(&e), "allocating: cannot reach X: connection refused");
+    }
 
     #[test]
     fn clap_definition_is_consistent() {
