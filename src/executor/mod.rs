@@ -58,6 +58,8 @@ pub(crate) struct Shared<F: Fabric, C: Catalog> {
     workers: Vec<WorkerHandle<F>>,
     catalog: Arc<C>,
     config: ExecutorConfig,
+    /// The control connection of every live session, to end them when the executor stops.
+    sessions: std::sync::Mutex<std::collections::HashMap<u64, TcpStream>>,
 }
 
 /// A running executor: worker threads and the control listener. Dropping it stops both.
@@ -109,6 +111,7 @@ impl<F: Fabric, C: Catalog> Executor<F, C> {
             workers,
             catalog,
             config,
+            sessions: Default::default(),
         });
         let stopping = Arc::new(AtomicBool::new(false));
         let accept = {
@@ -153,6 +156,22 @@ impl<F: Fabric, C: Catalog> Drop for Executor<F, C> {
         let _ = TcpStream::connect(self.address);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
+        }
+        // Stop the workers now (their links go with them, so clients see the end), and
+        // close every session: nothing of this executor outlives it, even while clients
+        // keep their allocations.
+        for worker in &self.shared.workers {
+            worker.stop();
+        }
+        let sessions = std::mem::take(
+            &mut *self
+                .shared
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for stream in sessions.values() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
 }

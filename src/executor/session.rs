@@ -35,11 +35,33 @@ pub(crate) fn run<F: Fabric, C: Catalog>(
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
+    if let Ok(handle) = stream.try_clone() {
+        shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client, handle);
+    }
+    serve(&shared, stream, write_half, client, &peer);
+    shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&client);
+}
+
+fn serve<F: Fabric, C: Catalog>(
+    shared: &Arc<Shared<F, C>>,
+    stream: TcpStream,
+    write_half: TcpStream,
+    client: u64,
+    peer: &str,
+) {
     let mut writer = write_half;
     // A client that connects and then says nothing must not hold this thread forever.
     let _ = writer.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut reader = BufReader::new(stream);
-    let admitted = admit(&shared, &mut reader, &mut writer, client);
+    let admitted = admit(shared, &mut reader, &mut writer, client);
     let _ = writer.set_read_timeout(None);
     let workers = match admitted {
         Ok(workers) => workers,

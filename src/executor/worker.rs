@@ -91,9 +91,16 @@ impl<F: Fabric> WorkerHandle<F> {
     }
 }
 
+impl<F: Fabric> WorkerHandle<F> {
+    /// Tells the worker to stop; it drops its links and exits at its next round.
+    pub(crate) fn stop(&self) {
+        self.send(Command::Stop);
+    }
+}
+
 impl<F: Fabric> Drop for WorkerHandle<F> {
     fn drop(&mut self) {
-        self.send(Command::Stop);
+        self.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

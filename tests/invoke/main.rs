@@ -58,6 +58,7 @@ for_each_backend!(
     allocation_refusals,
     warm_workers_sleep_and_wake,
     async_invocations_on_tokio,
+    dropping_the_executor_ends_its_allocations,
 );
 
 /// Sizes from 0 B to the slot limit, each checked byte for byte, through all three
@@ -503,6 +504,30 @@ fn thread_cpu_time() -> Duration {
     let usage = unsafe { usage.assume_init() };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// An executor handle dropped while clients hold allocations stops its workers and closes
+/// the clients' control connections: their next call fails, it does not hang.
+fn dropping_the_executor_ends_its_allocations<F: Fabric>(open: fn() -> F) {
+    let ex = executor(open, 1, Polling::Hot);
+    let mut a = allocate_with(
+        open,
+        ex.address(),
+        AllocationOptions {
+            timeout: Duration::from_secs(20),
+            ..AllocationOptions::default()
+        },
+    );
+    assert_eq!(a.invoke("echo", b"before").unwrap(), b"before");
+    let started = Instant::now();
+    drop(ex);
+    let err = a.invoke("echo", b"after").unwrap_err();
+    assert!(matches!(err, InvokeError::ExecutorGone(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 // ---- child processes ----------------------------------------------------------------------
