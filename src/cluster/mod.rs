@@ -15,7 +15,10 @@
 //!   a client's right to cores without asking the resource manager.
 //! * [`http`]: the small blocking HTTP/1.1 client managers and clients call the resource
 //!   manager with.
+//! * [`manager`]: the executor manager of a node: registers, heartbeats, checks tokens,
+//!   spawns and supervises executors.
 
 pub mod api;
 pub mod http;
+pub mod manager;
 pub mod token;
