@@ -522,3 +522,31 @@ fn shutdown_stops_every_executor() {
     }
     assert!(gone(pid, Duration::from_secs(5)));
 }
+
+#[test]
+fn the_sandbox_prefix_wraps_the_executor_and_only_the_leased_gpus_are_visible() {
+    let rm = FakeResourceManager::start();
+    let mut c = config(&rm.address);
+    // `env` execs the command after it, as a sandbox or container runtime does.
+    c.sandbox = vec!["env".into(), "RAFI_SANDBOXED=1".into()];
+    c.gpus = vec!["0".into(), "1".into()];
+    let manager = ExecutorManager::start(c).unwrap();
+    assert_eq!(manager.wait_registered(Duration::from_secs(10)), Some(NODE));
+    let mut with_gpu = claims(60, &[0], 60_000);
+    with_gpu.gpus = vec!["1".into()];
+    let (_conn, answer) =
+        Conn::allocate(&manager, &token::sign(SECRET.as_bytes(), &with_gpu), None);
+    executor_address(&answer);
+    let pid = pid_of(&manager, 60);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+    assert!(vars.contains(&&b"RAFI_SANDBOXED=1"[..]));
+    assert!(vars.contains(&&b"CUDA_VISIBLE_DEVICES=1"[..]));
+    // The same GPU twice is refused, like a core.
+    let mut again = claims(61, &[1], 60_000);
+    again.gpus = vec!["1".into()];
+    let (_, a) = Conn::allocate(&manager, &token::sign(SECRET.as_bytes(), &again), None);
+    let (kind, message) = refused(&a);
+    assert_eq!(kind, "busy_cores");
+    assert!(message.contains("GPU"), "{message}");
+}
