@@ -27,6 +27,8 @@
 //! executor listening to its end; busy time and invocations are not measured yet (reported
 //! as 0). `docs/cluster-manager.md` has the protocol, the configuration and what is missing.
 
+#![forbid(unsafe_code)]
+
 mod cgroup;
 mod config;
 mod connection;
