@@ -17,8 +17,11 @@
 //!   node's executor manager.
 //! * [`http`]: the small blocking HTTP/1.1 client managers and clients call the resource
 //!   manager with.
+//! * [`manager`]: the executor manager of a node: registers, heartbeats, checks tokens,
+//!   spawns and supervises executors.
 
 pub mod api;
 pub mod http;
 pub mod lease;
+pub mod manager;
 pub mod token;
