@@ -14,6 +14,7 @@ use rafi::fabric::{self, Fabric, FabricUser};
 use rafi::protocol::SlotGeometry;
 
 use crate::cli::args::FabricArgs;
+use crate::cli::config::ConfigFile;
 
 #[derive(Debug, Clone, Args)]
 pub struct InvokeArgs {
@@ -33,11 +34,12 @@ pub struct InvokeArgs {
     /// Lease a core for this call from the resource manager at this address instead.
     #[arg(long, env = "RAFI_RESOURCE_MANAGER")]
     pub resource_manager: Option<String>,
-    /// The client name and secret the resource manager knows this client by.
-    #[arg(long, env = "RAFI_CLIENT", default_value = "cli")]
-    pub client: String,
-    #[arg(long, env = "RAFI_CLIENT_SECRET", default_value = "")]
-    pub secret: String,
+    /// The client name the resource manager knows this client by [config: client.name].
+    #[arg(long, env = "RAFI_CLIENT")]
+    pub client: Option<String>,
+    /// Its secret [config: client.secret].
+    #[arg(long, env = "RAFI_CLIENT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
     #[command(flatten)]
     pub fabric: FabricArgs,
     /// Ship this function library with the allocation (the executor must accept it).
@@ -64,8 +66,19 @@ pub enum OutputArg {
     Raw,
 }
 
-pub fn run(args: &InvokeArgs) -> anyhow::Result<()> {
+pub fn run(args: &InvokeArgs, file: &ConfigFile) -> anyhow::Result<()> {
     let input = read_input(args)?;
+    let mut args = args.clone();
+    args.client = args.client.or_else(|| file.client.name.clone());
+    args.secret = args.secret.or_else(|| file.client.secret.clone());
+    args.resource_manager = args.resource_manager.or_else(|| {
+        // A configured resource manager is used only when no executor was named.
+        args.executor
+            .is_none()
+            .then(|| file.cluster.resource_manager.clone())
+            .flatten()
+    });
+    let args = &args;
     let config = rafi::bench::invoke::fabric_config(
         args.fabric.fabric,
         args.fabric.device.clone(),
@@ -139,7 +152,9 @@ impl FabricUser for Invoke<'_> {
                 invoke_and_print(&mut a, args, &self.input)
             }
             (None, Some(rm)) => {
-                let leases = LeaseClient::new(rm.as_str(), &args.client, &args.secret);
+                let client = args.client.as_deref().unwrap_or("cli");
+                let secret = args.secret.as_deref().unwrap_or_default();
+                let leases = LeaseClient::new(rm.as_str(), client, secret);
                 let lease = leases
                     .lease(&LeaseRequest {
                         cores: 1,

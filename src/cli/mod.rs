@@ -1,6 +1,7 @@
 //! The `rafi` command line (clap derive): one module per subcommand.
 //!
 //! ```text
+//! rafi executor-manager …   a node's manager: register, start executors for leases
 //! rafi executor …           serve functions on the cores given (executor.rs)
 //! rafi invoke …            invoke a function from the shell (invoke.rs)
 //! rafi bench pingpong …     raw fabric round trips between two processes (bench/pingpong.rs)
@@ -12,7 +13,9 @@
 
 mod args;
 mod bench;
+mod config;
 mod executor;
+mod executor_manager;
 mod invoke;
 
 use std::process::ExitCode;
@@ -23,6 +26,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "rafi", version, about, propagate_version = true)]
 pub struct Cli {
+    /// A TOML configuration file (see docs/cli.md); flags and environment variables win
+    /// over it.
+    #[arg(long, global = true, env = "RAFI_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -31,6 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve functions to clients, one worker thread pinned to each core given.
     Executor(executor::ExecutorArgs),
+    /// Run a node's executor manager: register its spare cores, start executors for leases.
+    ExecutorManager(executor_manager::ExecutorManagerArgs),
     /// Invoke a function from the shell (on an executor, or on a core leased for the call).
     Invoke(invoke::InvokeArgs),
     /// Measure latencies (fabric ping-pong, invocations).
@@ -72,9 +81,11 @@ fn report(e: &anyhow::Error) -> String {
 /// # Errors
 /// Whatever the command reports.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = config::ConfigFile::load(cli.config.as_deref())?;
     match cli.command {
+        Command::ExecutorManager(args) => executor_manager::run(&args, &file),
         Command::Executor(args) => executor::run(&args),
-        Command::Invoke(args) => invoke::run(&args),
+        Command::Invoke(args) => invoke::run(&args, &file),
         Command::Bench(args) => bench::run(args),
     }
 }
