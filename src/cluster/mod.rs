@@ -15,7 +15,10 @@
 //!   a client's right to cores without asking the resource manager.
 //! * [`http`]: the small blocking HTTP/1.1 client managers and clients call the resource
 //!   manager with.
+//! * [`resource`]: the resource manager service (feature `resource-manager`).
 
 pub mod api;
 pub mod http;
+#[cfg(feature = "resource-manager")]
+pub mod resource;
 pub mod token;
