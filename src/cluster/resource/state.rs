@@ -759,12 +759,13 @@ impl State {
                     expires_at: record.expires_at,
                     nonce,
                 };
-                let node = &self.nodes[&p.node].registration;
+                // Parts name registered nodes (nodes are never removed).
+                let node = self.nodes.get(&p.node).map(|n| &n.registration);
                 LeasePart {
                     node: p.node,
-                    node_name: node.name.clone(),
-                    manager_address: node.manager_address.clone(),
-                    fabric: node.fabric,
+                    node_name: node.map(|n| n.name.clone()).unwrap_or_default(),
+                    manager_address: node.map(|n| n.manager_address.clone()).unwrap_or_default(),
+                    fabric: node.map_or(FabricKind::Tcp, |n| n.fabric),
                     cores: p.cores.clone(),
                     memory_mib: p.memory_mib,
                     gpus: p.gpus.clone(),
