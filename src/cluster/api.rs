@@ -82,7 +82,8 @@ pub struct Heartbeat {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
-    /// Leases the resource manager ended (released, expired): stop their executors.
+    /// Leases of this node the resource manager ended (released, expired, lost) that the
+    /// manager was not told of yet: stop their executors. Each is listed once.
     pub end: Vec<u64>,
 }
 
@@ -101,6 +102,8 @@ pub struct LeaseRequest {
     pub fabric: Option<FabricKind>,
 }
 
+/// Extends a lease to now + `duration_ms`; the answer carries fresh tokens (new nonces,
+/// the new expiry).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenewRequest {
     pub duration_ms: u64,
@@ -133,7 +136,8 @@ pub struct LeasePart {
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     Up,
-    /// Missed its heartbeats: its leases ended; it comes back up when it registers again.
+    /// Missed its heartbeats: its leases ended; it comes back up when it registers again
+    /// or its next heartbeat arrives (its leases stay ended).
     Down,
 }
 

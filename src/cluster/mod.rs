@@ -19,9 +19,12 @@
 //!   manager with.
 //! * [`manager`]: the executor manager of a node: registers, heartbeats, checks tokens,
 //!   spawns and supervises executors.
+//! * [`resource`]: the resource manager service (feature `resource-manager`).
 
 pub mod api;
 pub mod http;
 pub mod lease;
 pub mod manager;
+#[cfg(feature = "resource-manager")]
+pub mod resource;
 pub mod token;
