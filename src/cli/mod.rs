@@ -1,6 +1,7 @@
 //! The `rafi` command line (clap derive): one module per subcommand.
 //!
 //! ```text
+//! rafi resource-manager …   the cluster's nodes, leases and accounting
 //! rafi executor-manager …   a node's manager: register, start executors for leases
 //! rafi executor …           serve functions on the cores given (executor.rs)
 //! rafi invoke …            invoke a function from the shell (invoke.rs)
@@ -16,6 +17,7 @@ mod bench;
 mod config;
 mod executor;
 mod executor_manager;
+mod resource_manager;
 mod invoke;
 
 use std::process::ExitCode;
@@ -38,6 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve functions to clients, one worker thread pinned to each core given.
     Executor(executor::ExecutorArgs),
+    /// Run the cluster's resource manager: nodes, leases, accounting (HTTP API).
+    ResourceManager(resource_manager::ResourceManagerArgs),
     /// Run a node's executor manager: register its spare cores, start executors for leases.
     ExecutorManager(executor_manager::ExecutorManagerArgs),
     /// Invoke a function from the shell (on an executor, or on a core leased for the call).
@@ -83,6 +87,7 @@ fn report(e: &anyhow::Error) -> String {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let file = config::ConfigFile::load(cli.config.as_deref())?;
     match cli.command {
+        Command::ResourceManager(args) => resource_manager::run(&args, &file),
         Command::ExecutorManager(args) => executor_manager::run(&args, &file),
         Command::Executor(args) => executor::run(&args),
         Command::Invoke(args) => invoke::run(&args, &file),
