@@ -480,3 +480,34 @@ fn invoke_from_the_shell() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--executor"), "{}", stderr(&out));
 }
+
+#[test]
+fn up_demo_runs_a_cluster_and_invokes() {
+    let out = rafi(&["up", "--demo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    for expected in [
+        "resource manager  http://127.0.0.1:",
+        "node local-0",
+        "lease 1 granted",
+        "rafi.echo(\"hello from rafi\") = \"hello from rafi\"",
+        "20000 of 20000 invocations correct",
+        "lease 1 released (Released)",
+        "accounting: lease 1 of local",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+    // Bad settings are clear errors.
+    let out = rafi(&["up", "--nodes", "99"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("node(s) cannot share"),
+        "{}",
+        stderr(&out)
+    );
+    let out = rafi(&["up", "--library", "/nonexistent/lib.so"]);
+    assert_eq!(out.status.code(), Some(1));
+}

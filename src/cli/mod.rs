@@ -1,6 +1,7 @@
 //! The `rafi` command line (clap derive): one module per subcommand.
 //!
 //! ```text
+//! rafi up [--demo] …        a whole cluster on this host (up.rs; demo.rs)
 //! rafi resource-manager …   the cluster's nodes, leases and accounting
 //! rafi executor-manager …   a node's manager: register, start executors for leases
 //! rafi executor …           serve functions on the cores given (executor.rs)
@@ -15,10 +16,12 @@
 mod args;
 mod bench;
 mod config;
+mod demo;
 mod executor;
 mod executor_manager;
-mod resource_manager;
 mod invoke;
+mod resource_manager;
+mod up;
 
 use std::process::ExitCode;
 
@@ -40,6 +43,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve functions to clients, one worker thread pinned to each core given.
     Executor(executor::ExecutorArgs),
+    /// A whole cluster on this host (a resource manager and executor managers); with --demo,
+    /// a client invoking real functions on it.
+    Up(up::UpArgs),
     /// Run the cluster's resource manager: nodes, leases, accounting (HTTP API).
     ResourceManager(resource_manager::ResourceManagerArgs),
     /// Run a node's executor manager: register its spare cores, start executors for leases.
@@ -87,6 +93,7 @@ fn report(e: &anyhow::Error) -> String {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let file = config::ConfigFile::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Up(args) => up::run(&args),
         Command::ResourceManager(args) => resource_manager::run(&args, &file),
         Command::ExecutorManager(args) => executor_manager::run(&args, &file),
         Command::Executor(args) => executor::run(&args),

@@ -20,10 +20,13 @@
 //! * [`manager`]: the executor manager of a node: registers, heartbeats, checks tokens,
 //!   spawns and supervises executors.
 //! * [`resource`]: the resource manager service (feature `resource-manager`).
+//! * [`local`]: a whole cluster on this host, in one process (`rafi up`).
 
 pub mod api;
 pub mod http;
 pub mod lease;
+#[cfg(feature = "resource-manager")]
+pub mod local;
 pub mod manager;
 #[cfg(feature = "resource-manager")]
 pub mod resource;
