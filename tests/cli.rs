@@ -511,3 +511,71 @@ fn up_demo_runs_a_cluster_and_invokes() {
     let out = rafi(&["up", "--library", "/nonexistent/lib.so"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn bench_cold_times_the_phases() {
+    for fabric in ["shm", "tcp"] {
+        let v = bench_json("cold", &["--fabric", fabric, "--iters", "3"]);
+        assert_eq!(v["fabric"], fabric, "{v}");
+        assert_eq!(v["iters"], 3, "{v}");
+        for phase in [
+            "lease_p50_ns",
+            "spawn_p50_ns",
+            "connect_p50_ns",
+            "first_invoke_p50_ns",
+        ] {
+            assert!(v[phase].as_u64().is_some_and(|n| n > 0), "{phase} in {v}");
+        }
+        // The phases are parts of the whole.
+        let sum: u64 = ["lease_p50_ns", "spawn_p50_ns", "first_invoke_p50_ns"]
+            .iter()
+            .map(|p| v[*p].as_u64().unwrap())
+            .sum();
+        assert!(sum <= v["max_ns"].as_u64().unwrap(), "{v}");
+    }
+}
+
+#[test]
+fn status_of_a_running_cluster() {
+    use std::io::BufRead;
+    let mut up = Command::new(env!("CARGO_BIN_EXE_rafi"))
+        .args(["up", "--nodes", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rafi up");
+    let mut reader = std::io::BufReader::new(up.stdout.take().unwrap());
+    let mut env = Vec::new();
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if line.contains("RAFI_CLIENT_SECRET=") {
+            env = line
+                .split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            break;
+        }
+        line.clear();
+    }
+    assert_eq!(env.len(), 3, "the clients line: {line:?}");
+    let status = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rafi"))
+            .arg("status")
+            .args(extra)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap()
+    };
+    let out = status(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("local-0") && text.contains("up"), "{text}");
+    let out = status(&["--json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let out = status(&["--secret", "wrong"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
+    let _ = up.kill();
+    let _ = up.wait();
+}

@@ -3,6 +3,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`cold`] | cold starts: lease → spawn → connect → first result, on a cluster of this host |
 //! | [`invoke`] | function invocations through the whole stack, against a `rafi executor` process |
 //! | [`pingpong`] | raw fabric round trips (WRITE_WITH_IMM or SEND) between two processes, no rafi layer |
 //! | [`report`] | latency samples → [`LatencyReport`]: one JSON line or one table row |
@@ -15,6 +16,7 @@
 //! [`PeerProcess::spawn`], sends it the settings, exchanges endpoints and region
 //! descriptors, measures into a [`LatencyRecorder`] and returns a [`LatencyReport`].
 
+pub mod cold;
 pub mod control;
 pub mod cpus;
 pub mod invoke;

@@ -1,6 +1,7 @@
 //! `rafi bench`: one variant of [`BenchCommand`] per scenario, one module under `bench/`
 //! for each.
 
+mod cold;
 mod invoke;
 mod pingpong;
 
@@ -24,6 +25,9 @@ pub enum BenchCommand {
     /// Function invocations through the whole stack: this process as the client, a
     /// `rafi executor` process with one worker pinned to the second core.
     Invoke(InvokeArgs),
+    /// Cold starts on a cluster of this host: lease, spawn an executor, connect, first
+    /// result, timed in phases.
+    Cold(cold::ColdArgs),
     /// The peer process of `pingpong` (started by it; settings arrive on stdin).
     #[command(hide = true)]
     PingpongPeer,
@@ -37,6 +41,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Pingpong(args) => pingpong::run(&args),
         BenchCommand::Invoke(args) => invoke::run(&args),
+        BenchCommand::Cold(args) => cold::run(&args),
         BenchCommand::PingpongPeer => pingpong::run_peer(),
     }
 }

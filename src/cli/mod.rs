@@ -5,6 +5,7 @@
 //! rafi resource-manager …   the cluster's nodes, leases and accounting
 //! rafi executor-manager …   a node's manager: register, start executors for leases
 //! rafi executor …           serve functions on the cores given (executor.rs)
+//! rafi status …            nodes, leases, usage (status.rs)
 //! rafi invoke …            invoke a function from the shell (invoke.rs)
 //! rafi bench pingpong …     raw fabric round trips between two processes (bench/pingpong.rs)
 //! rafi bench invoke …       invocations through the whole stack (bench/invoke.rs)
@@ -21,6 +22,7 @@ mod executor;
 mod executor_manager;
 mod invoke;
 mod resource_manager;
+mod status;
 mod up;
 
 use std::process::ExitCode;
@@ -50,6 +52,8 @@ pub enum Command {
     ResourceManager(resource_manager::ResourceManagerArgs),
     /// Run a node's executor manager: register its spare cores, start executors for leases.
     ExecutorManager(executor_manager::ExecutorManagerArgs),
+    /// Nodes, leases and usage, from the resource manager.
+    Status(status::StatusArgs),
     /// Invoke a function from the shell (on an executor, or on a core leased for the call).
     Invoke(invoke::InvokeArgs),
     /// Measure latencies (fabric ping-pong, invocations).
@@ -98,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ExecutorManager(args) => executor_manager::run(&args, &file),
         Command::Executor(args) => executor::run(&args),
         Command::Invoke(args) => invoke::run(&args, &file),
+        Command::Status(args) => status::run(&args, &file),
         Command::Bench(args) => bench::run(args),
     }
 }
