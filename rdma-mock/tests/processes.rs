@@ -293,11 +293,14 @@ fn killed_peer_flushes_outstanding_work(fabric: Fabric) {
         endpoint: a.qp.endpoint(),
         region: RegionInfo::of(&target),
     });
-    a.qp.connect(&hello.endpoint).expect("connect");
+    // Receives first (a queue pair takes them before it is connected): the streamer starts
+    // writing as soon as the connection is up, and on a loaded host it must not run out of
+    // receiver-not-ready retries before they are there.
     const POSTED: u64 = 32;
     for id in 0..POSTED {
         a.post_recv(id, &[]);
     }
+    a.qp.connect(&hello.endpoint).expect("connect");
     // Take a stream of messages, reposting, then kill the sender mid-stream.
     let mut next_id = POSTED;
     let mut received = 0;
