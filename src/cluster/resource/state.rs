@@ -360,7 +360,8 @@ impl State {
     }
 
     /// A heartbeat: the node is alive (a down node comes back up, its leases stay ended),
-    /// usage deltas are added to their leases, leases whose executor ended are lost. The
+    /// usage deltas are added to their leases, leases whose executor ended are lost (or
+    /// expired, when their expiry has passed: the manager ends executors then). The
     /// reply lists the node's leases that ended and whose end its manager was not told yet.
     ///
     /// # Errors
@@ -388,11 +389,19 @@ impl State {
             self.dirty.leases.insert(usage.lease);
         }
         for &lease in &heartbeat.ended {
-            let on_node = self
+            let Some(record) = self
                 .leases
                 .get(&lease)
-                .is_some_and(|l| l.is_active() && l.parts.iter().any(|p| p.node == node));
-            if on_node {
+                .filter(|l| l.is_active() && l.parts.iter().any(|p| p.node == node))
+            else {
+                continue;
+            };
+            // A manager ends an executor at its token's expiry and may report that before
+            // the tick that expires the lease here: past its expiry, the lease expired.
+            if record.expires_at <= now {
+                let at = record.expires_at;
+                self.end_lease(lease, LeaseState::Expired, at, Some(node));
+            } else {
                 self.end_lease(lease, LeaseState::Lost, now, Some(node));
             }
         }
@@ -1139,6 +1148,30 @@ mod tests {
             s.heartbeat(1, Heartbeat::default(), 600).unwrap().end,
             vec![lease.lease]
         );
+    }
+
+    #[test]
+    fn an_executor_ended_at_the_expiry_reported_before_the_tick_leaves_the_lease_expired() {
+        let mut s = state();
+        s.register(node("a", &[2], 100, &[]), 0).unwrap();
+        let lease = s.lease("r", &ask(1, 0, 0), 1_000).unwrap();
+        let at = lease.expires_at;
+        let ended = Heartbeat {
+            usage: vec![],
+            ended: vec![lease.lease],
+        };
+        s.heartbeat(1, ended, at + 5).unwrap();
+        let status = &s.leases()[0];
+        assert_eq!(
+            (status.state, status.ended_at),
+            (LeaseState::Expired, Some(at))
+        );
+        // The manager that reported it is not told again.
+        assert!(s
+            .heartbeat(1, Heartbeat::default(), at + 10)
+            .unwrap()
+            .end
+            .is_empty());
     }
 
     #[test]
