@@ -99,8 +99,7 @@ impl ConfigFile {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the configuration {}", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("in the configuration {}", path.display()))
+        toml::from_str(&text).with_context(|| format!("in the configuration {}", path.display()))
     }
 
     /// The cluster secret: `flag`, else the file's `secret`, else its `secret_file`'s

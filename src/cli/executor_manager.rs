@@ -71,7 +71,11 @@ pub fn config(args: &ExecutorManagerArgs, file: &ConfigFile) -> anyhow::Result<M
     if let Some(f) = args.fabric.clone().or_else(|| section.fabric.clone()) {
         c.fabric = f.parse::<FabricKind>().map_err(anyhow::Error::msg)?;
     }
-    if let Some(list) = args.spare_cores.clone().or_else(|| section.spare_cores.clone()) {
+    if let Some(list) = args
+        .spare_cores
+        .clone()
+        .or_else(|| section.spare_cores.clone())
+    {
         c.spare_cores = parse_core_list(&list)
             .with_context(|| format!("{list:?} is not a core list like 8-15 or 2,3"))?;
     }
@@ -82,7 +86,8 @@ pub fn config(args: &ExecutorManagerArgs, file: &ConfigFile) -> anyhow::Result<M
         c.gpus = gpus.clone();
     }
     for lib in args.library.iter().chain(&section.libraries) {
-        c.executor_args.extend(["--library".into(), lib.display().to_string()]);
+        c.executor_args
+            .extend(["--library".into(), lib.display().to_string()]);
     }
     if args.accept_libraries || section.accept_libraries == Some(true) {
         c.executor_args.push("--accept-libraries".into());

@@ -17,8 +17,8 @@ mod bench;
 mod config;
 mod executor;
 mod executor_manager;
-mod resource_manager;
 mod invoke;
+mod resource_manager;
 
 use std::process::ExitCode;
 

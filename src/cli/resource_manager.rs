@@ -32,7 +32,10 @@ pub struct ResourceManagerArgs {
     pub heartbeat_interval_ms: Option<u64>,
 }
 
-pub fn config(args: &ResourceManagerArgs, file: &ConfigFile) -> anyhow::Result<ResourceManagerConfig> {
+pub fn config(
+    args: &ResourceManagerArgs,
+    file: &ConfigFile,
+) -> anyhow::Result<ResourceManagerConfig> {
     let section = &file.resource_manager;
     let mut c = ResourceManagerConfig {
         secret: file.secret(args.secret.as_deref(), args.secret_file.as_deref())?,
