@@ -406,4 +406,82 @@ mod tests {
         assert_eq!(l.take_heartbeat(t0), hb);
         assert_eq!(l.take_heartbeat(t0), Heartbeat::default());
     }
+
+    #[derive(Debug, Default)]
+    struct FakeMeter(std::sync::Mutex<Counters>);
+
+    impl Meter for FakeMeter {
+        fn read(&self) -> Counters {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    #[test]
+    fn metered_executors_report_what_their_counters_gained() {
+        let mut l = Ledger::<()>::new(&[1, 2], &[]);
+        let meter = Arc::new(FakeMeter::default());
+        let a = l.admit(&claims(5, 1, &[1]), true, (), 0).unwrap();
+        let t0 = Instant::now();
+        l.started(a, 1, t0, Some(meter.clone()));
+        let set = |busy_ns, hot_ns, invocations| {
+            *meter.0.lock().unwrap() = Counters {
+                busy_ns,
+                hot_ns,
+                invocations,
+            }
+        };
+        set(10, 100, 3);
+        let hb = l.take_heartbeat(t0 + Duration::from_secs(1));
+        // The counters, not the wall time (1 s), although the executor is hot.
+        assert_eq!(
+            hb.usage,
+            [LeaseUsage {
+                lease: 5,
+                busy_ns: 10,
+                hot_ns: 100,
+                invocations: 3
+            }]
+        );
+        set(15, 180, 4);
+        l.finish(a, t0 + Duration::from_secs(2));
+        let hb = l.take_heartbeat(t0 + Duration::from_secs(3));
+        assert_eq!(
+            hb.usage,
+            [LeaseUsage {
+                lease: 5,
+                busy_ns: 5,
+                hot_ns: 80,
+                invocations: 1
+            }]
+        );
+        assert_eq!(hb.ended, [5]);
+    }
+
+    #[test]
+    fn renewals_need_a_fresh_token_of_the_same_lease_and_cores() {
+        let mut l = Ledger::<()>::new(&[1, 2], &[]);
+        let a = l.admit(&claims(5, 1, &[1]), false, (), 0).unwrap();
+        assert_eq!(
+            l.renew(a, &claims(5, 1, &[1]), 0).unwrap_err().kind(),
+            "reused"
+        );
+        assert_eq!(
+            l.renew(a, &claims(6, 2, &[1]), 0).unwrap_err().kind(),
+            "bad_request"
+        );
+        assert_eq!(
+            l.renew(a, &claims(5, 3, &[2]), 0).unwrap_err().kind(),
+            "bad_request"
+        );
+        l.renew(a, &claims(5, 4, &[1]), 0).unwrap();
+        assert_eq!(
+            l.renew(a, &claims(5, 4, &[1]), 0).unwrap_err().kind(),
+            "reused"
+        );
+        l.end_lease(5, 0);
+        assert_eq!(
+            l.renew(a, &claims(5, 5, &[1]), 0).unwrap_err().kind(),
+            "expired"
+        );
+    }
 }
