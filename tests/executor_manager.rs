@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rafi::client::{Allocation, AllocationOptions};
-use rafi::cluster::api::{Heartbeat, ManagerMessage, NodeRegistration};
+use rafi::cluster::api::{Heartbeat, LeasePart, LeaseUsage, ManagerMessage, NodeRegistration};
+use rafi::cluster::lease::{Leased, RenewError};
 use rafi::cluster::manager::{ExecutorManager, ManagerConfig};
 use rafi::cluster::token::{self, Claims};
 use rafi::fabric::FabricKind;
@@ -272,6 +273,22 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Everything the heartbeats reported for `lease`, summed.
+fn usage(rm: &FakeResourceManager, lease: u64) -> LeaseUsage {
+    let mut total = LeaseUsage {
+        lease,
+        ..LeaseUsage::default()
+    };
+    for u in rm.heartbeats().iter().flat_map(|h| h.usage.clone()) {
+        if u.lease == lease {
+            total.busy_ns += u.busy_ns;
+            total.hot_ns += u.hot_ns;
+            total.invocations += u.invocations;
+        }
+    }
+    total
+}
+
 fn open_shm() -> rdma_mock::Device {
     rdma_mock::Device::open(rdma_mock::DeviceConfig::new(rdma_mock::Fabric::Shm)).expect("shm")
 }
@@ -438,6 +455,10 @@ fn a_killed_executor_is_reported_to_the_client_and_the_resource_manager() {
     let (mut conn, answer) = Conn::allocate(&manager, &token(20, &[0]), Some("hot"));
     executor_address(&answer);
     let pid = pid_of(&manager, 20);
+    // The executor bills its hot time every 100 ms: wait for some before killing it.
+    wait_for("hot time billed", Duration::from_secs(5), || {
+        usage(&rm, 20).hot_ns > 0
+    });
     let killed_at = Instant::now();
     assert!(std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -460,15 +481,6 @@ fn a_killed_executor_is_reported_to_the_client_and_the_resource_manager() {
         Duration::from_secs(5),
         || rm.heartbeats().iter().any(|h| h.ended.contains(&20)),
     );
-    // A hot executor's wall time was billed as hot time.
-    let hot: u64 = rm
-        .heartbeats()
-        .iter()
-        .flat_map(|h| h.usage.clone())
-        .filter(|u| u.lease == 20)
-        .map(|u| u.hot_ns)
-        .sum();
-    assert!(hot > 0);
     assert!(manager.running().is_empty());
 }
 
@@ -549,4 +561,96 @@ fn the_sandbox_prefix_wraps_the_executor_and_only_the_leased_gpus_are_visible() 
     let (kind, message) = refused(&a);
     assert_eq!(kind, "busy_cores");
     assert!(message.contains("GPU"), "{message}");
+}
+
+#[test]
+fn executors_bill_invocations_busy_and_hot_time_to_their_own_lease() {
+    let (rm, manager) = cluster();
+    let (_a, hot) = Conn::allocate(&manager, &token(70, &[0]), Some("hot"));
+    let (_b, warm) = Conn::allocate(&manager, &token(71, &[1]), Some("warm"));
+    let connect = |address: String| {
+        Allocation::connect(
+            open_shm(),
+            address.as_str(),
+            &["rafi.echo"],
+            AllocationOptions::default(),
+        )
+        .expect("allocation on the executor")
+    };
+    let mut on_hot = connect(executor_address(&hot));
+    let mut on_warm = connect(executor_address(&warm));
+    for i in 0..25u32 {
+        assert_eq!(
+            on_hot.invoke("rafi.echo", &i.to_le_bytes()).unwrap(),
+            i.to_le_bytes()
+        );
+    }
+    for _ in 0..7 {
+        on_warm.invoke("rafi.echo", b"w").unwrap();
+    }
+    wait_for("every invocation billed", Duration::from_secs(10), || {
+        usage(&rm, 70).invocations >= 25 && usage(&rm, 71).invocations >= 7
+    });
+    // A few more flushes and heartbeats: nothing is billed twice.
+    std::thread::sleep(Duration::from_millis(400));
+    let (h, w) = (usage(&rm, 70), usage(&rm, 71));
+    assert_eq!(h.invocations, 25, "{h:?}");
+    assert_eq!(w.invocations, 7, "{w:?}");
+    assert!(h.busy_ns > 0 && w.busy_ns > 0, "{h:?} {w:?}");
+    assert!(h.hot_ns > 0 && w.hot_ns > 0, "{h:?} {w:?}");
+    // Busy time is a part of the awake time; a hot worker is awake all the time, a warm
+    // one that waits sleeps most of it.
+    assert!(h.busy_ns <= h.hot_ns, "{h:?}");
+    assert!(w.hot_ns < h.hot_ns, "warm {w:?} hot {h:?}");
+}
+
+#[test]
+fn a_renewed_allocation_outlives_its_first_expiry() {
+    let (_rm, manager) = cluster();
+    let first = claims(80, &[1], 1_500);
+    let part = |claims: &Claims| LeasePart {
+        node: NODE,
+        node_name: "test-node".into(),
+        manager_address: manager.address().to_string(),
+        fabric: FabricKind::Shm,
+        cores: claims.cores.clone(),
+        memory_mib: claims.memory_mib,
+        gpus: vec![],
+        token: token::sign(SECRET.as_bytes(), claims),
+    };
+    let mut leased = Leased::allocate(
+        open_shm(),
+        &part(&first),
+        &["rafi.echo"],
+        None,
+        AllocationOptions::default(),
+    )
+    .expect("allocated");
+    let pid = pid_of(&manager, 80);
+    // A token of another lease, or the allocation's own token again, is refused.
+    match leased.renew(&part(&claims(81, &[1], 60_000))) {
+        Err(RenewError::Refused { kind, .. }) => assert_eq!(kind, "bad_request"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match leased.renew(&part(&first)) {
+        Err(RenewError::Refused { kind, .. }) => assert_eq!(kind, "reused"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let renewed = claims(80, &[1], 3_500);
+    assert_eq!(leased.renew(&part(&renewed)).unwrap(), renewed.expires_at);
+    // Past the first expiry the executor still serves.
+    while token::now_millis() < first.expires_at + 500 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(
+        leased.allocation.invoke("rafi.echo", b"still").unwrap(),
+        b"still"
+    );
+    // And ends at the new one.
+    assert!(
+        gone(pid, Duration::from_secs(6)),
+        "executor {pid} still there"
+    );
+    assert!(token::now_millis() >= renewed.expires_at);
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use rafi::bench::cpus::parse_cpu_list;
+use rafi::executor::billing::{Accountant, BillingTarget, FLUSH_INTERVAL};
 use rafi::executor::{Executor, ExecutorConfig, Polling};
 use rafi::fabric::{self, Fabric, FabricUser};
 use rafi::function::{FunctionLibrary, FunctionTable};
@@ -50,6 +51,16 @@ pub struct ExecutorArgs {
     /// Largest slot a client may ask for (units K, M, G).
     #[arg(long, default_value = "1M", value_parser = parse_size)]
     pub max_slot_size: usize,
+    /// Set by the executor manager: where to bill (JSON: the manager's queue pair endpoint
+    /// and its counters' address and rkey). The executor then prints its accountant's
+    /// endpoint in its `listening` line, bills through RDMA FETCH_ADD, and ends (after a
+    /// last flush) when its stdin closes.
+    #[arg(long, hide = true, value_name = "JSON", value_parser = parse_billing)]
+    pub billing: Option<BillingTarget>,
+}
+
+fn parse_billing(s: &str) -> Result<BillingTarget, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a billing target: {e}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,6 +121,7 @@ pub fn run(args: &ExecutorArgs) -> anyhow::Result<()> {
             config,
             table: Arc::new(table),
             functions,
+            billing: args.billing.clone(),
         },
     )
     .with_context(|| format!("opening the {} fabric", args.fabric.fabric))?
@@ -120,6 +132,7 @@ struct Serve {
     config: ExecutorConfig,
     table: Arc<FunctionTable>,
     functions: Vec<String>,
+    billing: Option<BillingTarget>,
 }
 
 impl FabricUser for Serve {
@@ -129,6 +142,12 @@ impl FabricUser for Serve {
         let kind = fabric.kind();
         let cores = self.config.cores.clone();
         let mode = self.config.polling.name();
+        let accountant = match self.billing {
+            Some(target) => {
+                Some(Accountant::create(&fabric, target).context("setting up billing")?)
+            }
+            None => None,
+        };
         let executor = Executor::start(fabric, self.listen, self.config, self.table)
             .context("starting the executor")?;
         // One JSON line on stdout for scripts and `rafi bench invoke`; the rest on stderr.
@@ -141,6 +160,7 @@ impl FabricUser for Serve {
                 "workers": cores,
                 "mode": mode,
                 "functions": self.functions,
+                "billing": accountant.as_ref().map(Accountant::endpoint),
             })
         );
         eprintln!(
@@ -149,8 +169,19 @@ impl FabricUser for Serve {
             cores.len(),
             executor.address()
         );
-        loop {
-            std::thread::park();
-        }
+        let Some(accountant) = accountant else {
+            loop {
+                std::thread::park();
+            }
+        };
+        let accountant = accountant
+            .start(executor.worker_stats(), FLUSH_INTERVAL)
+            .context("starting the accountant")?;
+        // Billed executors belong to a manager: they end when it closes their stdin (or
+        // dies), after a last flush of their usage.
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        drop(accountant);
+        drop(executor);
+        Ok(())
     }
 }

@@ -24,8 +24,15 @@
 //! Executor manager: TCP, one JSON object per line ([`ManagerMessage`]). A client sends
 //! `allocate` with a lease token; the manager answers `allocated` (the executor's address)
 //! or `error`, keeps the connection for the life of the executor, and reports
-//! `executor_ended` if the executor dies or the lease ends. The client closing the
-//! connection ends the executor.
+//! `executor_ended` if the executor dies or the lease ends. On that connection the client
+//! may send `renew` with a fresh token of the same lease (from `POST
+//! /v1/leases/{lease}/renew`); the manager answers `renewed` (the executor now ends at the
+//! new expiry) or `error`. The client closing the connection ends the executor.
+//!
+//! Billing: executors add their usage to counters in their manager's memory with RDMA
+//! FETCH_ADD (see `docs/cluster-manager.md`); each [`Heartbeat`] carries what the
+//! counters gained since the last one as [`LeaseUsage`], and the resource manager adds it
+//! to the lease's [`Usage`].
 
 use serde::{Deserialize, Serialize};
 
@@ -61,14 +68,20 @@ pub struct NodeRegistered {
     pub heartbeat_interval_ms: u64,
 }
 
-/// What one lease used on one node since the last heartbeat (counters are deltas).
+/// What one lease used on one node since the last heartbeat (counters are deltas, summed
+/// over the lease's workers on the node). Executors measure it and FETCH_ADD it into their
+/// manager's counters about every 100 ms; an executor killed hard loses at most its last
+/// 100 ms. A manager that has no fabric for billing reports a hot executor's wall time ×
+/// cores as `hot_ns` and nothing else.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseUsage {
     pub lease: u64,
-    /// Time workers spent running functions, in ns.
+    /// Time workers spent inside function calls, in ns (cycle counter, calibrated).
     pub busy_ns: u64,
-    /// Time workers spent polling hot (awake, not sleeping), in ns.
+    /// Time workers were awake (polling or running functions; not asleep on their
+    /// completion channel), in ns. A hot worker is awake all its life.
     pub hot_ns: u64,
+    /// Function calls (requests that reached a function, whatever their outcome).
     pub invocations: u64,
 }
 
@@ -228,6 +241,17 @@ pub enum ManagerMessage {
     /// Manager → client: the executor ended (died, or the lease ended).
     ExecutorEnded {
         reason: String,
+    },
+    /// Client → manager, on the allocation connection after `allocated`: extend the
+    /// executor to the expiry of `token`, a fresh token of the same lease for the same node
+    /// (and cores), as `POST /v1/leases/{lease}/renew` returns. Checked like an allocate
+    /// token (signature, expiry, node, unused nonce, lease not ended).
+    Renew {
+        token: String,
+    },
+    /// Manager → client: the executor now ends at `expires_at`.
+    Renewed {
+        expires_at: UnixMillis,
     },
     Error {
         kind: String,

@@ -7,13 +7,18 @@
 //!                         ◀── allocated{executor} ──┘
 //!  client::Allocation::connect(executor) …  (the manager connection is kept: closing it
 //!                                            ends the executor)
+//!  LeaseClient::renew(lease) ── POST /v1/leases/{id}/renew ──▶ Lease { parts: fresh tokens }
+//!  Leased::renew(part) ── renew{token} ──▶ executor manager ── extends the executor
+//!                      ◀── renewed{expires_at} ──┘
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::api::{Lease, LeasePart, LeaseRequest, LeaseStatus, ManagerMessage, RenewRequest};
+use super::api::{
+    Lease, LeasePart, LeaseRequest, LeaseStatus, ManagerMessage, RenewRequest, UnixMillis,
+};
 use super::http::{call, CallError};
 use crate::client::{AllocateError, Allocation, AllocationOptions};
 use crate::fabric::Fabric;
@@ -109,7 +114,26 @@ pub struct Leased<F: Fabric> {
     pub spawn: Duration,
     /// Time from the allocate request to the allocation being ready to invoke.
     pub ready: Duration,
-    _manager: TcpStream,
+    /// The manager connection (its reader; the writer is a clone of the same socket).
+    manager: BufReader<TcpStream>,
+    node: String,
+}
+
+/// Renewing an allocation at its executor manager failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    #[error("the renewal token is for node {part}, this allocation runs on node {node}")]
+    WrongNode { part: String, node: String },
+    #[error("the executor manager of node {node} refused the renewal ({kind}): {message}")]
+    Refused {
+        node: String,
+        kind: String,
+        message: String,
+    },
+    #[error("the executor of node {node} ended: {reason}")]
+    Ended { node: String, reason: String },
+    #[error("the executor manager of node {node}: {message}")]
+    Protocol { node: String, message: String },
 }
 
 impl<F: Fabric> Leased<F> {
@@ -177,7 +201,55 @@ impl<F: Fabric> Leased<F> {
             allocation,
             spawn: Duration::from_nanos(spawn_ns),
             ready: started.elapsed(),
-            _manager: manager,
+            manager: reader,
+            node,
         })
+    }
+
+    /// Extends the executor's life to the expiry of `part`'s token: `part` is this
+    /// allocation's part of the lease as [`LeaseClient::renew`] returned it (a fresh
+    /// token). Returns the new expiry the manager granted.
+    ///
+    /// # Errors
+    /// [`RenewError`]: the manager refused the token (`kind` as for an allocation), the
+    /// executor ended meanwhile, or the connection failed (10 s without an answer).
+    pub fn renew(&mut self, part: &LeasePart) -> Result<UnixMillis, RenewError> {
+        if part.node_name != self.node {
+            return Err(RenewError::WrongNode {
+                part: part.node_name.clone(),
+                node: self.node.clone(),
+            });
+        }
+        let node = self.node.clone();
+        let protocol = |message: String| RenewError::Protocol {
+            node: node.clone(),
+            message,
+        };
+        let mut line = serde_json::to_string(&ManagerMessage::Renew {
+            token: part.token.clone(),
+        })
+        .map_err(|e| protocol(e.to_string()))?;
+        line.push('\n');
+        let stream = self.manager.get_mut();
+        stream
+            .write_all(line.as_bytes())
+            .map_err(|e| protocol(e.to_string()))?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut answer = String::new();
+        let read = self.manager.read_line(&mut answer);
+        let _ = self.manager.get_ref().set_read_timeout(None);
+        read.map_err(|e| protocol(e.to_string()))?;
+        match serde_json::from_str::<ManagerMessage>(&answer) {
+            Ok(ManagerMessage::Renewed { expires_at }) => Ok(expires_at),
+            Ok(ManagerMessage::Error { kind, message }) => Err(RenewError::Refused {
+                node,
+                kind,
+                message,
+            }),
+            Ok(ManagerMessage::ExecutorEnded { reason }) => Err(RenewError::Ended { node, reason }),
+            Ok(other) => Err(protocol(format!("unexpected answer {other:?}"))),
+            Err(e) if answer.is_empty() => Err(protocol(format!("closed the connection ({e})"))),
+            Err(e) => Err(protocol(format!("malformed answer {answer:?}: {e}"))),
+        }
     }
 }

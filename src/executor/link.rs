@@ -13,10 +13,21 @@ use crate::protocol::{
 };
 
 use super::catalog::{call_target, Catalog, Outcome, Target};
+use crate::fabric::cycles::cycles;
 use crate::function::FunctionTable;
 
 /// Completions taken from the queue per poll.
 pub(crate) const POLL_BATCH: usize = 16;
+
+/// What a worker counts of its own work across its links, for billing: plain integers
+/// it owns, published to [`super::worker::WorkerStats`] with relaxed stores.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Tally {
+    /// Function calls (requests that reached a function).
+    pub(crate) invocations: u64,
+    /// Cycles ([`crate::fabric::cycles::cycles`]) spent inside function calls.
+    pub(crate) busy_cycles: u64,
+}
 
 /// Why a link stopped.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +174,7 @@ impl<F: Fabric> ExecutorLink<F> {
         &mut self,
         wcs: &[WorkCompletion],
         catalog: &C,
+        tally: &mut Tally,
     ) -> Result<(), LinkEnd> {
         for wc in wcs {
             if !wc.is_ok() {
@@ -170,7 +182,7 @@ impl<F: Fabric> ExecutorLink<F> {
             }
             if wc.opcode == WcOpcode::RecvRdmaWithImm {
                 self.post_receive().map_err(LinkEnd::Post)?;
-                self.serve(wc.imm.unwrap_or(0), wc.byte_len as usize, catalog)?;
+                self.serve(wc.imm.unwrap_or(0), wc.byte_len as usize, catalog, tally)?;
             }
             // Send completions only free send-queue entries: nothing to do.
         }
@@ -178,7 +190,13 @@ impl<F: Fabric> ExecutorLink<F> {
     }
 
     /// Validates the request announced by `imm`, runs it and writes the response.
-    fn serve<C: Catalog>(&mut self, imm: u32, len: usize, catalog: &C) -> Result<(), LinkEnd> {
+    fn serve<C: Catalog>(
+        &mut self,
+        imm: u32,
+        len: usize,
+        catalog: &C,
+        tally: &mut Tally,
+    ) -> Result<(), LinkEnd> {
         let slot_size = self.requests.slot_size();
         // The slot comes from the immediate; `on_request` re-checks it and refuses what
         // is out of range before reading a byte, so an impossible slot reads nothing.
@@ -207,16 +225,19 @@ impl<F: Fabric> ExecutorLink<F> {
                     &mut self.staging.staging_mut(req.slot as usize, slot_size)[HEADER_LEN..];
                 let target = self.functions[req.function as usize];
                 let shipped = self.shipped.as_deref();
-                let (status, code, len) =
-                    match call_target(target, catalog, shipped, req.payload, output) {
-                        Outcome::Output(n) if n <= output.len() => (Status::Ok, 0, n),
-                        Outcome::Output(_) | Outcome::OutputTooLarge => {
-                            (Status::OutputTooLarge, 0, 0)
-                        }
-                        Outcome::Failed(code) => (Status::FunctionError, code, 0),
-                        Outcome::InvalidInput => (Status::ValidationFailed, 0, 0),
-                        Outcome::Panicked => (Status::FunctionPanicked, 0, 0),
-                    };
+                // Busy time: the function call alone, timed with the cycle counter (no
+                // system call); the accountant converts cycles to nanoseconds.
+                let called = cycles();
+                let outcome = call_target(target, catalog, shipped, req.payload, output);
+                tally.busy_cycles += cycles().wrapping_sub(called);
+                tally.invocations += 1;
+                let (status, code, len) = match outcome {
+                    Outcome::Output(n) if n <= output.len() => (Status::Ok, 0, n),
+                    Outcome::Output(_) | Outcome::OutputTooLarge => (Status::OutputTooLarge, 0, 0),
+                    Outcome::Failed(code) => (Status::FunctionError, code, 0),
+                    Outcome::InvalidInput => (Status::ValidationFailed, 0, 0),
+                    Outcome::Panicked => (Status::FunctionPanicked, 0, 0),
+                };
                 (req.slot, req.id, status, code, len)
             }
             Err(rejection) => {

@@ -19,6 +19,7 @@
 //! exists) and the worker keeps serving; a function's failure or panic becomes a status. A
 //! worker never exits on its own: only [`Executor`]'s drop stops it.
 
+pub mod billing;
 mod catalog;
 mod config;
 mod link;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 
 pub use catalog::{Catalog, Outcome};
 pub use config::{ExecutorConfig, Polling};
-pub use worker::WorkerStats;
+pub use worker::{clock_ns, WorkerStats};
 
 use crate::fabric::{Fabric, FabricError};
 use worker::WorkerHandle;

@@ -12,7 +12,7 @@ use crate::fabric::{CompletionChannel, CompletionQueue, Fabric, WorkCompletion};
 
 use super::catalog::Catalog;
 use super::config::Polling;
-use super::link::{ExecutorLink, LinkEnd, POLL_BATCH};
+use super::link::{ExecutorLink, LinkEnd, Tally, POLL_BATCH};
 
 /// Empty polling rounds between two looks at the clock in warm mode.
 const ROUNDS_PER_CLOCK_CHECK: u32 = 128;
@@ -36,12 +36,36 @@ pub(crate) struct WorkerHandle<F: Fabric> {
 }
 
 /// Counters a worker publishes (relaxed; for reports, not for synchronisation).
+///
+/// The billing counters (`invocations`, `busy_cycles`, `asleep_ns`, `sleeping_since_ns`)
+/// are running totals that only the worker writes, with relaxed stores of its own plain
+/// counters (no read-modify-write on the invocation path); the executor's accountant reads
+/// them. Times in ns are on [`clock_ns`]'s clock.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub served: AtomicU64,
     pub dropped: AtomicU64,
     pub links: AtomicU64,
     pub sleeps: AtomicU64,
+    /// Function calls, over every link this worker ever had.
+    pub invocations: AtomicU64,
+    /// Cycles ([`crate::fabric::cycles::cycles`]) spent inside function calls.
+    pub busy_cycles: AtomicU64,
+    /// When the worker started ([`clock_ns`]).
+    pub started_ns: AtomicU64,
+    /// Time spent asleep on the completion channel, finished sleeps only.
+    pub asleep_ns: AtomicU64,
+    /// While asleep: when the sleep began ([`clock_ns`], never 0); 0 while awake. The
+    /// worker adds a finished sleep to `asleep_ns` before it clears this (both release), so
+    /// a reader that loads this first (acquire) may count a sleep twice, never miss one.
+    pub sleeping_since_ns: AtomicU64,
+}
+
+/// Nanoseconds on a process-wide monotonic clock (since its first use, plus one so that a
+/// reading is never 0). A system call on some virtual machines: never on the hot path.
+pub fn clock_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
 }
 
 impl<F: Fabric> WorkerHandle<F> {
@@ -56,6 +80,7 @@ impl<F: Fabric> WorkerHandle<F> {
         let (inbox, commands) = mpsc::channel();
         let pending = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkerStats::default());
+        stats.started_ns.store(clock_ns(), Ordering::Relaxed);
         let worker = Worker::<F, C> {
             commands,
             pending: pending.clone(),
@@ -64,6 +89,7 @@ impl<F: Fabric> WorkerHandle<F> {
             polling,
             links: Vec::new(),
             stats: stats.clone(),
+            tally: Tally::default(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("rafi-worker-{index}"))
@@ -115,6 +141,7 @@ struct Worker<F: Fabric, C: Catalog> {
     polling: Polling,
     links: Vec<ExecutorLink<F>>,
     stats: Arc<WorkerStats>,
+    tally: Tally,
 }
 
 impl<F: Fabric, C: Catalog> Worker<F, C> {
@@ -165,10 +192,19 @@ impl<F: Fabric, C: Catalog> Worker<F, C> {
                 continue;
             }
             any = true;
-            match link.handle(&wcs[..n], &*self.catalog) {
+            match link.handle(&wcs[..n], &*self.catalog, &mut self.tally) {
                 Ok(()) => i += 1,
                 Err(end) => self.drop_link(i, &end),
             }
+        }
+        if any {
+            // Plain stores (the worker is the only writer): no locked instruction.
+            self.stats
+                .invocations
+                .store(self.tally.invocations, Ordering::Relaxed);
+            self.stats
+                .busy_cycles
+                .store(self.tally.busy_cycles, Ordering::Relaxed);
         }
         any
     }
@@ -184,8 +220,13 @@ impl<F: Fabric, C: Catalog> Worker<F, C> {
             return;
         }
         self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+        let since = clock_ns();
+        self.stats.sleeping_since_ns.store(since, Ordering::Release);
         // A timeout or an error both mean: go round the loop and look again.
         let _ = self.channel.get_event(Some(MAX_SLEEP));
+        let slept = clock_ns().saturating_sub(since);
+        self.stats.asleep_ns.fetch_add(slept, Ordering::Release);
+        self.stats.sleeping_since_ns.store(0, Ordering::Release);
     }
 
     /// Applies the inbox; returns false on `Stop`.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::api::ManagerMessage;
 use crate::cluster::token::{self, Claims};
 
+use super::billing::Station;
 use super::spawn::{self, Event, Spawned};
 use super::{AllocateError, Shared};
 
@@ -48,7 +49,12 @@ pub(crate) fn serve(shared: &Shared, stream: TcpStream) {
     }
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
-    let (id, claims, mut spawned) = match allocate(shared, &line, tx.clone()) {
+    let Admitted {
+        id,
+        claims,
+        mut spawned,
+        station: _station,
+    } = match allocate(shared, &line, tx.clone()) {
         Ok(a) => a,
         Err(e) => {
             if shared.stopping() {
@@ -81,13 +87,29 @@ pub(crate) fn serve(shared: &Shared, stream: TcpStream) {
             .spawn(move || watch_client(reader, lease, tx));
     }
     drop(tx);
-    let end = supervise(&mut spawned.child, &rx, claims.expires_at);
+    let end = {
+        let mut renew = |token: &str| {
+            let answer = match renew(shared, id, claims.lease, token) {
+                Ok(expires_at) => ManagerMessage::Renewed { expires_at },
+                Err(e) => {
+                    eprintln!(
+                        "rafi executor-manager: lease {}: renewal refused: {e}",
+                        claims.lease
+                    );
+                    refusal(&e)
+                }
+            };
+            let _ = send(&mut writer, &answer);
+            match answer {
+                ManagerMessage::Renewed { expires_at } => Some(expires_at),
+                _ => None,
+            }
+        };
+        supervise(&mut spawned.child, &rx, claims.expires_at, &mut renew)
+    };
     let status = match end {
         End::Exited(status) => Some(status),
-        End::ClientClosed | End::Stop(_) => {
-            let _ = spawned.child.kill();
-            spawned.child.wait().ok()
-        }
+        End::ClientClosed | End::Stop(_) => stop(&mut spawned.child),
     };
     shared.ledger().finish(id, Instant::now());
     drop(spawned.group.take());
@@ -111,12 +133,54 @@ pub(crate) fn serve(shared: &Shared, stream: TcpStream) {
     let _ = writer.shutdown(Shutdown::Both);
 }
 
-/// Checks the `allocate` line and starts its executor.
-fn allocate(
-    shared: &Shared,
-    line: &str,
-    events: Sender<Event>,
-) -> Result<(u64, Claims, Spawned), AllocateError> {
+/// How long a billed executor may take to flush and exit once its stdin is closed.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// Stops the executor: a billed one (its stdin is piped) is asked first by closing its
+/// stdin, so that it bills its last moments; killed when it does not exit in time.
+fn stop(child: &mut Child) -> Option<ExitStatus> {
+    if child.stdin.take().is_some() {
+        let deadline = Instant::now() + GRACE;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                Err(_) => break,
+            }
+        }
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// An allocation whose executor listens.
+struct Admitted {
+    /// The ledger's id of it.
+    id: u64,
+    claims: Claims,
+    spawned: Spawned,
+    /// Its billing counters and queue pair (kept until the executor is gone).
+    station: Option<Box<dyn Station>>,
+}
+
+/// Checks a `renew` token for allocation `id` of `lease`; its new expiry.
+fn renew(shared: &Shared, id: u64, lease: u64, token: &str) -> Result<u64, AllocateError> {
+    let node = shared.node().ok_or(AllocateError::NotRegistered)?;
+    let now = token::now_millis();
+    let claims = token::verify(shared.config.secret.as_bytes(), token, node, now)?;
+    if claims.lease != lease {
+        return Err(AllocateError::BadRequest(format!(
+            "the token is for lease {}, this connection's executor runs lease {lease}",
+            claims.lease
+        )));
+    }
+    shared.ledger().renew(id, &claims, now)?;
+    Ok(claims.expires_at)
+}
+
+/// Checks the `allocate` line and starts its executor (with its billing station, when the
+/// manager bills through the fabric).
+fn allocate(shared: &Shared, line: &str, events: Sender<Event>) -> Result<Admitted, AllocateError> {
     let (token, mode) = match serde_json::from_str::<ManagerMessage>(line.trim()) {
         Ok(ManagerMessage::Allocate { token, mode }) => (token, mode),
         Ok(_) => {
@@ -149,6 +213,18 @@ fn allocate(
             "the executor manager is shutting down".into(),
         ));
     }
+    let mut station = shared.billing.as_ref().and_then(|b| match b.station() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!(
+                "rafi executor-manager: lease {}: no billing counters ({e}); billing its \
+                 wall time",
+                claims.lease
+            );
+            None
+        }
+    });
+    let target = station.as_ref().map(|s| s.target());
     match spawn::spawn(
         &shared.config,
         &claims,
@@ -157,12 +233,40 @@ fn allocate(
         shared.cgroup.as_deref(),
         shared.advertised_host(),
         events,
+        target.as_ref(),
     ) {
-        Ok(spawned) => {
+        Ok(mut spawned) => {
+            let meter = match (&mut station, spawned.billing.take()) {
+                (Some(s), Some(executor)) => match s.connect(&executor) {
+                    Ok(()) => Some(s.meter()),
+                    Err(e) => {
+                        eprintln!(
+                            "rafi executor-manager: lease {}: cannot connect the billing \
+                             queue pair ({e}); billing its wall time",
+                            claims.lease
+                        );
+                        None
+                    }
+                },
+                (Some(_), None) => {
+                    eprintln!(
+                        "rafi executor-manager: lease {}: the executor announced no billing \
+                         endpoint; billing its wall time",
+                        claims.lease
+                    );
+                    None
+                }
+                (None, _) => None,
+            };
             shared
                 .ledger()
-                .started(id, spawned.child.id(), Instant::now());
-            Ok((id, claims, spawned))
+                .started(id, spawned.child.id(), Instant::now(), meter);
+            Ok(Admitted {
+                id,
+                claims,
+                spawned,
+                station,
+            })
         }
         Err(why) => {
             shared.ledger().abandon(id, claims.nonce);
@@ -178,8 +282,14 @@ enum End {
     Stop(String),
 }
 
-/// Waits for the executor to exit, the client to leave, the lease to expire or an end.
-fn supervise(child: &mut Child, events: &Receiver<Event>, expires_at: u64) -> End {
+/// Waits for the executor to exit, the client to leave, the lease to expire or an end;
+/// `renew` answers a renewal and returns the new expiry when it is granted.
+fn supervise(
+    child: &mut Child,
+    events: &Receiver<Event>,
+    mut expires_at: u64,
+    renew: &mut dyn FnMut(&str) -> Option<u64>,
+) -> End {
     let mut poll = POLL;
     loop {
         match child.try_wait() {
@@ -196,22 +306,34 @@ fn supervise(child: &mut Child, events: &Receiver<Event>, expires_at: u64) -> En
             // It is exiting: look at it often until it is gone.
             Ok(Event::OutputClosed) => poll = Duration::from_millis(1),
             Ok(Event::End(reason)) => return End::Stop(reason),
+            Ok(Event::Renew(token)) => {
+                if let Some(e) = renew(&token) {
+                    expires_at = e;
+                }
+            }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
         }
     }
 }
 
-/// Reads the client's connection until it closes; nothing more is expected from it.
+/// Reads the client's connection until it closes, passing `renew` lines on.
 fn watch_client(mut reader: BufReader<TcpStream>, lease: u64, events: Sender<Event>) {
     let mut line = String::new();
     loop {
         line.clear();
         match (&mut reader).take(MAX_LINE).read_line(&mut line) {
             Ok(0) | Err(_) => break,
-            Ok(_) => eprintln!(
-                "rafi executor-manager: lease {lease}: ignoring a line from the client: {}",
-                line.trim()
-            ),
+            Ok(_) => match serde_json::from_str::<ManagerMessage>(line.trim()) {
+                Ok(ManagerMessage::Renew { token }) => {
+                    if events.send(Event::Renew(token)).is_err() {
+                        return;
+                    }
+                }
+                _ => eprintln!(
+                    "rafi executor-manager: lease {lease}: ignoring a line from the client: {}",
+                    line.trim()
+                ),
+            },
         }
     }
     let _ = events.send(Event::ClientClosed);

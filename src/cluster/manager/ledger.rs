@@ -3,12 +3,15 @@
 //! executors hold, and the usage and ended leases the next heartbeat reports.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cluster::api::{Heartbeat, LeaseUsage, UnixMillis};
 use crate::cluster::token::Claims;
 
+use super::billing::Meter;
 use super::AllocateError;
+use crate::executor::billing::Counters;
 
 /// How long a lease the resource manager ended stays refused (its tokens expire sooner).
 const ENDED_KEPT_MS: u64 = 24 * 3600 * 1000;
@@ -23,6 +26,11 @@ struct Running<T> {
     pid: Option<u32>,
     /// Usage is counted up to here (from the executor listening).
     accounted_to: Option<Instant>,
+    /// The executor's billing counters, when it bills through the fabric; without them
+    /// a hot executor's wall time × cores is its hot time.
+    meter: Option<Arc<dyn Meter>>,
+    /// What the counters said at the last heartbeat.
+    metered: Counters,
     /// How to reach the connection that supervises it.
     contact: T,
 }
@@ -155,18 +163,66 @@ impl<T: Clone> Ledger<T> {
                 hot,
                 pid: None,
                 accounted_to: None,
+                meter: None,
+                metered: Counters::default(),
                 contact,
             },
         );
         Ok(id)
     }
 
-    /// The executor of allocation `id` listens (as process `pid`): usage counts from now.
-    pub(crate) fn started(&mut self, id: u64, pid: u32, now: Instant) {
+    /// The executor of allocation `id` listens (as process `pid`), billing into `meter`
+    /// when it has one: usage counts from now.
+    pub(crate) fn started(
+        &mut self,
+        id: u64,
+        pid: u32,
+        now: Instant,
+        meter: Option<Arc<dyn Meter>>,
+    ) {
         if let Some(r) = self.running.get_mut(&id) {
             r.pid = Some(pid);
             r.accounted_to = Some(now);
+            r.meter = meter;
         }
+    }
+
+    /// A renewal token for the running allocation `id` (verified): refuses a used nonce, a
+    /// lease the resource manager ended, another lease's token or other cores; on success
+    /// the nonce is used.
+    pub(crate) fn renew(
+        &mut self,
+        id: u64,
+        claims: &Claims,
+        now: UnixMillis,
+    ) -> Result<(), AllocateError> {
+        self.nonces.retain(|_, &mut expiry| expiry > now);
+        if self.nonces.contains_key(&claims.nonce) {
+            return Err(AllocateError::Token(
+                crate::cluster::token::TokenError::Reused {
+                    nonce: claims.nonce,
+                },
+            ));
+        }
+        if self.ended.contains_key(&claims.lease) {
+            return Err(AllocateError::Ended {
+                lease: claims.lease,
+            });
+        }
+        let Some(r) = self.running.get(&id) else {
+            return Err(AllocateError::BadRequest(
+                "the executor is not running".into(),
+            ));
+        };
+        if r.lease != claims.lease || r.cores != claims.cores || r.gpus != claims.gpus {
+            return Err(AllocateError::BadRequest(format!(
+                "the token is for lease {} with cores {:?}; this executor runs lease {} on \
+                 cores {:?}",
+                claims.lease, claims.cores, r.lease, r.cores
+            )));
+        }
+        self.nonces.insert(claims.nonce, claims.expires_at);
+        Ok(())
     }
 
     /// The executor of allocation `id` never started: its cores are free again and its
@@ -215,8 +271,9 @@ impl<T: Clone> Ledger<T> {
             .collect()
     }
 
-    /// The next heartbeat: usage since the last one (hot executors' wall time × cores as
-    /// hot time) and the leases that ended.
+    /// The next heartbeat: usage since the last one (what the executors' counters gained;
+    /// for an executor without counters, its wall time × cores as hot time when hot) and
+    /// the leases that ended.
     pub(crate) fn take_heartbeat(&mut self, now: Instant) -> Heartbeat {
         for r in self.running.values_mut() {
             Self::account(&mut self.usage, r, now);
@@ -249,15 +306,27 @@ impl<T: Clone> Ledger<T> {
             return;
         };
         r.accounted_to = Some(now);
-        if !r.hot {
-            return;
-        }
-        let wall = now.saturating_duration_since(from).as_nanos() as u64;
+        let gained = match &r.meter {
+            Some(meter) => {
+                let now = meter.read();
+                let gained = now.since(&r.metered);
+                r.metered = now;
+                gained
+            }
+            None if r.hot => Counters {
+                hot_ns: (now.saturating_duration_since(from).as_nanos() as u64)
+                    .saturating_mul(r.cores.len() as u64),
+                ..Counters::default()
+            },
+            None => return,
+        };
         let e = usage.entry(r.lease).or_insert_with(|| LeaseUsage {
             lease: r.lease,
             ..LeaseUsage::default()
         });
-        e.hot_ns += wall.saturating_mul(r.cores.len() as u64);
+        e.busy_ns = e.busy_ns.saturating_add(gained.busy_ns);
+        e.hot_ns = e.hot_ns.saturating_add(gained.hot_ns);
+        e.invocations = e.invocations.saturating_add(gained.invocations);
     }
 }
 
@@ -322,7 +391,7 @@ mod tests {
         let mut l = Ledger::<u8>::new(&[1, 2], &[]);
         let a = l.admit(&claims(5, 1, &[1]), true, 7, 0).unwrap();
         let t0 = Instant::now();
-        l.started(a, 1234, t0);
+        l.started(a, 1234, t0, None);
         assert_eq!(l.end_lease(5, 0), vec![7]);
         assert_eq!(kind(l.admit(&claims(5, 2, &[2]), true, 8, 0)), "expired");
         let hb = l.take_heartbeat(t0 + Duration::from_millis(3));
@@ -336,5 +405,83 @@ mod tests {
         l.restore(hb.clone());
         assert_eq!(l.take_heartbeat(t0), hb);
         assert_eq!(l.take_heartbeat(t0), Heartbeat::default());
+    }
+
+    #[derive(Debug, Default)]
+    struct FakeMeter(std::sync::Mutex<Counters>);
+
+    impl Meter for FakeMeter {
+        fn read(&self) -> Counters {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    #[test]
+    fn metered_executors_report_what_their_counters_gained() {
+        let mut l = Ledger::<()>::new(&[1, 2], &[]);
+        let meter = Arc::new(FakeMeter::default());
+        let a = l.admit(&claims(5, 1, &[1]), true, (), 0).unwrap();
+        let t0 = Instant::now();
+        l.started(a, 1, t0, Some(meter.clone()));
+        let set = |busy_ns, hot_ns, invocations| {
+            *meter.0.lock().unwrap() = Counters {
+                busy_ns,
+                hot_ns,
+                invocations,
+            }
+        };
+        set(10, 100, 3);
+        let hb = l.take_heartbeat(t0 + Duration::from_secs(1));
+        // The counters, not the wall time (1 s), although the executor is hot.
+        assert_eq!(
+            hb.usage,
+            [LeaseUsage {
+                lease: 5,
+                busy_ns: 10,
+                hot_ns: 100,
+                invocations: 3
+            }]
+        );
+        set(15, 180, 4);
+        l.finish(a, t0 + Duration::from_secs(2));
+        let hb = l.take_heartbeat(t0 + Duration::from_secs(3));
+        assert_eq!(
+            hb.usage,
+            [LeaseUsage {
+                lease: 5,
+                busy_ns: 5,
+                hot_ns: 80,
+                invocations: 1
+            }]
+        );
+        assert_eq!(hb.ended, [5]);
+    }
+
+    #[test]
+    fn renewals_need_a_fresh_token_of_the_same_lease_and_cores() {
+        let mut l = Ledger::<()>::new(&[1, 2], &[]);
+        let a = l.admit(&claims(5, 1, &[1]), false, (), 0).unwrap();
+        assert_eq!(
+            l.renew(a, &claims(5, 1, &[1]), 0).unwrap_err().kind(),
+            "reused"
+        );
+        assert_eq!(
+            l.renew(a, &claims(6, 2, &[1]), 0).unwrap_err().kind(),
+            "bad_request"
+        );
+        assert_eq!(
+            l.renew(a, &claims(5, 3, &[2]), 0).unwrap_err().kind(),
+            "bad_request"
+        );
+        l.renew(a, &claims(5, 4, &[1]), 0).unwrap();
+        assert_eq!(
+            l.renew(a, &claims(5, 4, &[1]), 0).unwrap_err().kind(),
+            "reused"
+        );
+        l.end_lease(5, 0);
+        assert_eq!(
+            l.renew(a, &claims(5, 5, &[1]), 0).unwrap_err().kind(),
+            "expired"
+        );
     }
 }

@@ -23,12 +23,15 @@
 //! are void) and when the manager shuts down. Every end frees the cores and is reported in
 //! the next heartbeat.
 //!
-//! Billing: hot time is the wall time of hot executors × their cores, counted from the
-//! executor listening to its end; busy time and invocations are not measured yet (reported
-//! as 0). `docs/cluster-manager.md` has the protocol, the configuration and what is missing.
+//! Billing: the manager opens its node's fabric, registers a page of counters per executor
+//! (busy ns, hot ns, invocations) and hands the executor its queue pair's endpoint and the
+//! counters' address and rkey (`--billing`); the executor's accountant FETCH_ADDs its
+//! workers' usage there every 100 ms, and each heartbeat reports what the counters gained.
+//! `docs/cluster-manager.md` has the protocol, the configuration and what is missing.
 
 #![forbid(unsafe_code)]
 
+mod billing;
 mod cgroup;
 mod config;
 mod connection;
@@ -126,6 +129,9 @@ pub(crate) struct Shared {
     node: Mutex<Option<u64>>,
     ledger: Mutex<Ledger<Sender<Event>>>,
     stopping: AtomicBool,
+    /// The node's fabric for billing counters (`None`: it could not be opened; executors
+    /// are then billed their wall time).
+    billing: Option<Arc<dyn billing::Billing>>,
 }
 
 impl Shared {
@@ -212,7 +218,19 @@ impl ExecutorManager {
                 None
             }
         };
+        let billing = match billing::open(&config) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!(
+                    "rafi executor-manager: cannot open the {} fabric for billing ({e}); \
+                     executors are billed their wall time",
+                    config.fabric
+                );
+                None
+            }
+        };
         let shared = Arc::new(Shared {
+            billing,
             ledger: Mutex::new(Ledger::new(&config.spare_cores, &config.gpus)),
             config,
             cgroup,

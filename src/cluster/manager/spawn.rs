@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Sender};
 
 use crate::cluster::token::Claims;
-use crate::fabric::FabricKind;
+use crate::executor::billing::BillingTarget;
+use crate::fabric::{Endpoint, FabricKind};
 
 use super::cgroup::ExecutorGroup;
 use super::config::ManagerConfig;
@@ -23,6 +24,8 @@ pub(crate) enum Event {
     OutputClosed,
     /// Stop the executor, for this reason.
     End(String),
+    /// The client sent `renew` with this token.
+    Renew(String),
 }
 
 /// A started executor.
@@ -33,6 +36,15 @@ pub(crate) struct Spawned {
     pub address: String,
     /// Its cgroup (removed after the process is reaped).
     pub group: Option<ExecutorGroup>,
+    /// Its accountant's queue pair, when it bills (its `listening` line's `billing`).
+    pub billing: Option<Endpoint>,
+}
+
+/// What an executor's `listening` line says.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Listening {
+    pub address: String,
+    pub billing: Option<Endpoint>,
 }
 
 /// The argument vector of an executor for `claims`: `prefix` (sandbox, cgroup wrapper),
@@ -42,6 +54,7 @@ pub(crate) fn argv(
     claims: &Claims,
     hot: bool,
     prefix: &[String],
+    billing: Option<&BillingTarget>,
 ) -> Vec<String> {
     let ip = config.executor_ip();
     let cores: Vec<String> = claims.cores.iter().map(usize::to_string).collect();
@@ -61,6 +74,10 @@ pub(crate) fn argv(
     if config.fabric == FabricKind::Tcp {
         args.extend(["--tcp-listen".into(), SocketAddr::new(ip, 0).to_string()]);
     }
+    if let Some(target) = billing {
+        let json = serde_json::to_string(target).expect("a billing target serializes");
+        args.extend(["--billing".into(), json]);
+    }
     args.extend(config.executor_args.iter().cloned());
     args
 }
@@ -70,6 +87,7 @@ pub(crate) fn argv(
 ///
 /// # Errors
 /// A sentence saying why no executor listens (it is killed and reaped first).
+#[allow(clippy::too_many_arguments)] // one call site, each argument a different thing
 pub(crate) fn spawn(
     config: &ManagerConfig,
     claims: &Claims,
@@ -78,6 +96,7 @@ pub(crate) fn spawn(
     cgroup: Option<&Path>,
     advertised_host: &str,
     events: Sender<Event>,
+    billing: Option<&BillingTarget>,
 ) -> Result<Spawned, String> {
     let group = match cgroup {
         Some(parent) => match ExecutorGroup::create(parent, allocation, claims.memory_mib) {
@@ -96,11 +115,16 @@ pub(crate) fn spawn(
     if let Some(g) = &group {
         prefix.extend(g.wrapper());
     }
-    let args = argv(config, claims, hot, &prefix);
+    let args = argv(config, claims, hot, &prefix, billing);
     let mut child = Command::new(&args[0])
         .args(&args[1..])
         .env("CUDA_VISIBLE_DEVICES", claims.gpus.join(","))
-        .stdin(Stdio::null())
+        // A billed executor ends (after a last flush) when its stdin closes.
+        .stdin(if billing.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -116,8 +140,8 @@ pub(crate) fn spawn(
         let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
         format!("{why} ({status})")
     };
-    let address = match listening.recv_timeout(config.spawn_timeout) {
-        Ok(address) => address,
+    let line = match listening.recv_timeout(config.spawn_timeout) {
+        Ok(line) => line,
         Err(mpsc::RecvTimeoutError::Timeout) => {
             return Err(fail(
                 &mut child,
@@ -136,21 +160,22 @@ pub(crate) fn spawn(
     };
     Ok(Spawned {
         child,
-        address: reachable(&address, advertised_host),
+        address: reachable(&line.address, advertised_host),
         group,
+        billing: line.billing,
     })
 }
 
 /// Reads the executor's stdout: passes on the address of its `listening` line, then
 /// drains the rest and reports the end.
-fn watch_output(stdout: impl std::io::Read, first: Sender<String>, events: Sender<Event>) {
+fn watch_output(stdout: impl std::io::Read, first: Sender<Listening>, events: Sender<Event>) {
     let mut lines = BufReader::new(stdout).lines();
     let mut first = Some(first);
     while let Some(Ok(line)) = lines.next() {
         if let Some(tx) = first.take() {
-            match listening_address(&line) {
-                Some(address) => {
-                    let _ = tx.send(address);
+            match listening(&line) {
+                Some(l) => {
+                    let _ = tx.send(l);
                 }
                 None => first = Some(tx),
             }
@@ -159,13 +184,18 @@ fn watch_output(stdout: impl std::io::Read, first: Sender<String>, events: Sende
     let _ = events.send(Event::OutputClosed);
 }
 
-/// The address of a `{"event":"listening","address":…}` line.
-pub(crate) fn listening_address(line: &str) -> Option<String> {
+/// The address (and billing endpoint) of a `{"event":"listening","address":…}` line.
+pub(crate) fn listening(line: &str) -> Option<Listening> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     if v.get("event")?.as_str()? != "listening" {
         return None;
     }
-    Some(v.get("address")?.as_str()?.to_string())
+    Some(Listening {
+        address: v.get("address")?.as_str()?.to_string(),
+        billing: v
+            .get("billing")
+            .and_then(|b| serde_json::from_value(b.clone()).ok()),
+    })
 }
 
 /// An executor bound to an unspecified IP (0.0.0.0, ::) is reached at the manager's
@@ -209,6 +239,7 @@ mod tests {
             &claims,
             true,
             &["systemd-run".into(), "--scope".into()],
+            None,
         );
         assert_eq!(
             args.join(" "),
@@ -219,12 +250,25 @@ mod tests {
 
     #[test]
     fn listening_lines_and_addresses() {
+        let address = |line| listening(line).map(|l| l.address);
         assert_eq!(
-            listening_address(r#"{"event":"listening","address":"127.0.0.1:5","fabric":"shm"}"#),
+            address(r#"{"event":"listening","address":"127.0.0.1:5","fabric":"shm"}"#),
             Some("127.0.0.1:5".into())
         );
-        assert_eq!(listening_address(r#"{"event":"other"}"#), None);
-        assert_eq!(listening_address("garbage"), None);
+        assert_eq!(address(r#"{"event":"other"}"#), None);
+        assert_eq!(address("garbage"), None);
+        let billed = listening(
+            r#"{"event":"listening","address":"a:1","billing":{"backend":"verbs","lid":1,
+               "qpn":2,"psn":3,"gid":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0],"mtu":5}}"#,
+        )
+        .unwrap();
+        assert_eq!(billed.billing.map(|e| e.qpn()), Some(2));
+        assert_eq!(
+            listening(r#"{"event":"listening","address":"a:1","billing":null}"#)
+                .unwrap()
+                .billing,
+            None
+        );
         assert_eq!(reachable("0.0.0.0:9", "node7"), "node7:9");
         assert_eq!(reachable("[::]:9", "fe80::1"), "[fe80::1]:9");
         assert_eq!(reachable("10.1.1.1:9", "node7"), "10.1.1.1:9");
