@@ -494,6 +494,9 @@ fn up_demo_runs_a_cluster_and_invokes() {
         "20000 of 20000 invocations correct",
         "lease 1 released (Released)",
         "accounting: lease 1 of local",
+        // 1 echo, 20,000 fanned out, 30,000 timed no-ops: billed by the executor with
+        // FETCH_ADD into its manager's counters, reported to the resource manager.
+        "50001 invocations",
     ] {
         assert!(
             text.contains(expected),

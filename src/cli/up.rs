@@ -200,15 +200,28 @@ impl FabricUser for Demo<'_> {
         drop(leased);
         let status = leases.release(lease.lease).context("releasing the lease")?;
         println!("  lease {} released ({:?})", lease.lease, status.state);
-        // What the resource manager recorded.
+        // What the resource manager recorded: the executor's last counts reach it with the
+        // node's next heartbeat after the executor ends.
         let credential = &leases.credential;
-        let usage: Vec<Usage> = call::<(), _>(
-            &leases.resource_manager,
-            "GET",
-            "/v1/usage",
-            credential,
-            None,
-        )?;
+        let fetch = || -> anyhow::Result<Vec<Usage>> {
+            Ok(call::<(), _>(
+                &leases.resource_manager,
+                "GET",
+                "/v1/usage",
+                credential,
+                None,
+            )?)
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(3);
+        let mut usage = fetch()?;
+        while Instant::now() < deadline
+            && !usage
+                .iter()
+                .any(|u| u.lease == lease.lease && u.invocations > 0)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            usage = fetch()?;
+        }
         for u in usage.iter().filter(|u| u.lease == lease.lease) {
             println!(
                 "  accounting: lease {} of {}: {:.3} core-seconds, {} invocations, busy {} us, hot {} us",
