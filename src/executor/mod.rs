@@ -162,7 +162,7 @@ impl<F: Fabric, C: Catalog> Drop for Executor<F, C> {
         // close every session: nothing of this executor outlives it, even while clients
         // keep their allocations.
         for worker in &self.shared.workers {
-            worker.stop();
+            worker.stop_and_join();
         }
         let sessions = std::mem::take(
             &mut *self

@@ -32,7 +32,8 @@ pub(crate) struct WorkerHandle<F: Fabric> {
     pending: Arc<AtomicBool>,
     pub(crate) channel: F::Channel,
     pub(crate) stats: Arc<WorkerStats>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Taken by whoever stops the worker first (`stop_and_join` or drop).
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Counters a worker publishes (relaxed; for reports, not for synchronisation).
@@ -106,7 +107,7 @@ impl<F: Fabric> WorkerHandle<F> {
             pending,
             channel,
             stats,
-            thread: Some(thread),
+            thread: std::sync::Mutex::new(Some(thread)),
         })
     }
 
@@ -118,18 +119,20 @@ impl<F: Fabric> WorkerHandle<F> {
 }
 
 impl<F: Fabric> WorkerHandle<F> {
-    /// Tells the worker to stop; it drops its links and exits at its next round.
-    pub(crate) fn stop(&self) {
+    /// Tells the worker to stop and waits until it has: its links (queue pairs, regions)
+    /// are gone when this returns.
+    pub(crate) fn stop_and_join(&self) {
         self.send(Command::Stop);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
     }
 }
 
 impl<F: Fabric> Drop for WorkerHandle<F> {
     fn drop(&mut self) {
-        self.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop_and_join();
     }
 }
 
