@@ -359,7 +359,8 @@ fn a_killed_executor_manager_loses_its_node_and_leases(fabric: FabricKind) {
     echoes(&mut on_survivor, 6, 5);
     assert_eq!(leased_cores_metric(&rm), 2);
 
-    // Its executor outlives it (a known gap: nobody reclaims orphans); this test does.
+    // Its executor notices its manager's end (its standard input closes) and ends too;
+    // the reaper only cleans up if it did not.
     let orphans = Reap(children_of(doomed.pid()));
     assert_eq!(orphans.0.len(), 1, "the doomed manager runs one executor");
     doomed.kill();
@@ -372,6 +373,17 @@ fn a_killed_executor_manager_loses_its_node_and_leases(fabric: FabricKind) {
         took <= HEARTBEAT * 3 + Duration::from_millis(600),
         "marked down {took:?} after the kill (heartbeat every {HEARTBEAT:?})"
     );
+
+    let orphan = orphans.0[0];
+    eventually("the dead manager's executor to end by itself", || {
+        !std::path::Path::new(&format!("/proc/{orphan}")).exists()
+            || std::fs::read_to_string(format!("/proc/{orphan}/stat"))
+                .is_ok_and(|stat| stat.split_whitespace().nth(2) == Some("Z"))
+    });
+    assert!(matches!(
+        on_doomed.allocation.invoke("rafi.echo", b"x"),
+        Err(InvokeError::ExecutorGone(_))
+    ));
 
     let status = lease_status(&rm, lost.lease);
     assert_eq!(status.state, LeaseState::Lost);
