@@ -731,9 +731,11 @@ fn a_memory_lease_is_reachable_until_it_expires(fabric: FabricKind) {
         lease_status(&rm, lease.lease).state == LeaseState::Expired
     });
     cluster.wait_no_executors("the expired lease's executor to stop");
+    let deadline = Instant::now() + Duration::from_secs(10);
     let err = loop {
         match m.fetch_add(0, 1) {
-            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(_) => panic!("the memory is still reachable 10 s after its executor stopped"),
             Err(e) => break e,
         }
     };
