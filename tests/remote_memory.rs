@@ -74,6 +74,7 @@ macro_rules! for_each_backend {
 for_each_backend!(
     put_get_of_every_size,
     chunked_transfers_at_odd_offsets,
+    in_place_transfers,
     atomics,
     async_operations_on_tokio,
     out_of_bounds_and_misaligned_refused_before_sending,
@@ -173,6 +174,45 @@ fn chunked_transfers_at_odd_offsets<F: Fabric>(open: fn() -> F) {
     let mut last = [0u8; 1];
     m.get(300_000, &mut last).unwrap();
     assert_eq!(last, [0xAB]);
+}
+
+/// put_with builds the bytes in the staging memory the WRITE goes from, get_with reads
+/// them where the READ put them; both agree with put/get; beyond one chunk they refuse.
+fn in_place_transfers<F: Fabric>(open: fn() -> F) {
+    let ex = executor(open, 1 << 20);
+    let mut options = MemoryOptions::new(100_000);
+    options.staging = 64 << 10;
+    let mut m = lease(open, ex.address(), options);
+    assert_eq!(m.max_in_place(), 32 << 10);
+    let data = pattern(30_000, 5);
+    m.put_with(777, data.len(), |area| area.copy_from_slice(&data))
+        .unwrap();
+    let mut back = vec![0u8; 30_000];
+    m.get(777, &mut back).unwrap();
+    assert!(back == data);
+    let same = m.get_with(777, 30_000, |bytes| bytes == &data[..]).unwrap();
+    assert!(same, "get_with saw other bytes");
+    let sum = m
+        .get_with(777 + 10, 100, |bytes| {
+            bytes.iter().map(|&b| b as u64).sum::<u64>()
+        })
+        .unwrap();
+    assert_eq!(sum, data[10..110].iter().map(|&b| b as u64).sum::<u64>());
+    m.put(50_000, &data[..1000]).unwrap();
+    assert!(m.get_with(50_000, 1000, |b| b == &data[..1000]).unwrap());
+    let err = m.put_with(0, (32 << 10) + 1, |_| {}).unwrap_err();
+    assert_eq!(
+        err,
+        MemoryError::TooLargeInPlace {
+            len: (32 << 10) + 1,
+            max: 32 << 10
+        }
+    );
+    assert!(matches!(
+        m.get_with(99_999, 2, |_| ()),
+        Err(MemoryError::OutOfBounds { .. })
+    ));
+    assert_eq!(m.get_with(0, 0, <[u8]>::len).unwrap(), 0);
 }
 
 /// FETCH_ADD and CMP_SWAP return the old value; a failed compare leaves the word; words
@@ -474,6 +514,8 @@ fn operations_allocate_nothing<F: Fabric>(open: fn() -> F) {
         m.get(8, &mut back).unwrap();
         m.fetch_add(0, 1).unwrap();
         m.compare_swap(0, 0, 0).unwrap();
+        m.put_with(8, 1000, |area| area.fill(3)).unwrap();
+        assert!(m.get_with(8, 1000, |b| b.iter().all(|&x| x == 3)).unwrap());
     };
     for _ in 0..10 {
         round(&mut m);

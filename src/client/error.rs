@@ -64,6 +64,11 @@ pub enum MemoryError {
         "{len} B at offset {offset} are outside the {size} B of leased memory (nothing was sent)"
     )]
     OutOfBounds { offset: u64, len: u64, size: u64 },
+    #[error(
+        "{len} B do not fit the {max} B staging chunk that in-place transfers use (nothing \
+         was sent; use put/get, or a larger MemoryOptions::staging)"
+    )]
+    TooLargeInPlace { len: usize, max: usize },
     #[error("the atomic word at offset {offset} is not 8-byte aligned (nothing was sent)")]
     Misaligned { offset: u64 },
     #[error("this lease does not allow {op}: it grants {granted} access (nothing was sent)")]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::control::{read_message, write_message, ControlError};
 use crate::fabric::{
     Access, CompletionQueue, Fabric, MemoryRegion, ProtectionDomain, QpConfig, QueuePair,
-    RemoteAddr, SendOp, SendWr, WcStatus, WorkCompletion,
+    RemoteAddr, SendOp, SendWr, SlotRegion, WcStatus, WorkCompletion,
 };
 use crate::protocol::{
     ClientHello, ControlMessage, HandshakeError, MemoryAccess, MemoryRequest, RegionDesc,
@@ -79,7 +79,8 @@ pub struct RemoteMemory<F: Fabric> {
     /// queue; the async API registers it with tokio).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     channel: F::Channel,
-    staging: F::Mr,
+    /// Two slots of `chunk` bytes, registered for local access only.
+    staging: SlotRegion<F::Mr>,
     /// Bytes per chunk: half the staging region.
     chunk: usize,
     remote: RegionDesc,
@@ -150,7 +151,7 @@ impl<F: Fabric> RemoteMemory<F> {
             ..QpConfig::default()
         };
         let mut qp = pd.create_qp(&cq, &cq, config)?;
-        let staging = pd.register(2 * chunk, Access::LOCAL_WRITE)?;
+        let staging = SlotRegion::register(&pd, DEPTH, chunk, Access::LOCAL_WRITE)?;
         let hello = ClientHello::memory_only(
             options.client_name.clone(),
             MemoryRequest {
@@ -234,7 +235,7 @@ impl<F: Fabric> RemoteMemory<F> {
                 in_flight -= 1;
             }
             let at = (i % DEPTH) * self.chunk;
-            self.staging.write(at, chunk);
+            self.staging.region().write(at, chunk);
             let remote = self.remote_at(offset + (i * self.chunk) as u64);
             self.post(SendOp::Write { remote }, at, chunk.len())?;
             in_flight += 1;
@@ -264,7 +265,9 @@ impl<F: Fabric> RemoteMemory<F> {
             self.complete("get")?;
             let start = k * chunk;
             let end = (start + chunk).min(out.len());
-            self.staging.read((k % DEPTH) * chunk, &mut out[start..end]);
+            self.staging
+                .region()
+                .read((k % DEPTH) * chunk, &mut out[start..end]);
         }
         Ok(())
     }
@@ -307,6 +310,72 @@ impl<F: Fabric> RemoteMemory<F> {
         Ok(self.atomic_result())
     }
 
+    /// The most bytes [`RemoteMemory::put_with`] and [`RemoteMemory::get_with`] move: one
+    /// staging chunk (half of [`MemoryOptions::staging`]).
+    pub fn max_in_place(&self) -> usize {
+        self.chunk
+    }
+
+    /// Writes `len` bytes at `offset` that `fill` builds in place, in the registered
+    /// staging memory the WRITE is posted from: no copy besides the caller's own (for
+    /// data produced on the spot, e.g. serialized straight into the slice).
+    ///
+    /// # Errors
+    /// As [`RemoteMemory::put`]; [`MemoryError::TooLargeInPlace`] beyond
+    /// [`RemoteMemory::max_in_place`] (before anything is sent).
+    pub fn put_with(
+        &mut self,
+        offset: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), MemoryError> {
+        self.check(Right::Write, "put", offset, len as u64)?;
+        self.check_in_place(len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        fill(self.staging.staging_mut(0, len));
+        let remote = self.remote_at(offset);
+        self.post(SendOp::Write { remote }, 0, len)?;
+        self.complete("put")
+    }
+
+    /// Reads `len` bytes at `offset` and hands them to `read` in place, in the registered
+    /// staging memory the READ landed in: no copy (for data consumed on the spot, e.g.
+    /// validated and read as an archive). Returns what `read` returns.
+    ///
+    /// # Errors
+    /// As [`RemoteMemory::get`]; [`MemoryError::TooLargeInPlace`] beyond
+    /// [`RemoteMemory::max_in_place`] (before anything is sent).
+    pub fn get_with<R>(
+        &mut self,
+        offset: u64,
+        len: usize,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, MemoryError> {
+        self.check(Right::Read, "get", offset, len as u64)?;
+        self.check_in_place(len)?;
+        if len > 0 {
+            let remote = self.remote_at(offset);
+            self.post(SendOp::Read { remote }, 0, len)?;
+            self.complete("get")?;
+        }
+        // Sound (see `SlotRegion::incoming`): the only writer of the staging region is
+        // this lease's own READ, which has completed, and the next one needs `&mut self`.
+        // One that timed out broke the handle: it posts nothing, and borrows nothing, again.
+        Ok(read(self.staging.incoming(0, len)))
+    }
+
+    fn check_in_place(&self, len: usize) -> Result<(), MemoryError> {
+        if len > self.chunk {
+            return Err(MemoryError::TooLargeInPlace {
+                len,
+                max: self.chunk,
+            });
+        }
+        Ok(())
+    }
+
     /// Writes `data` at `offset` of the region `target` describes, through this lease's
     /// queue pair and with none of the client's checks: for tests of the fabric's second
     /// line of defence (a stale or foreign rkey). Not for applications.
@@ -324,7 +393,7 @@ impl<F: Fabric> RemoteMemory<F> {
             return Err(e.clone());
         }
         let len = data.len().min(self.chunk);
-        self.staging.write(0, &data[..len]);
+        self.staging.region().write(0, &data[..len]);
         let remote = RemoteAddr {
             addr: target.at(offset),
             rkey: target.rkey,
@@ -381,6 +450,7 @@ impl<F: Fabric> RemoteMemory<F> {
 
     fn atomic_result(&self) -> u64 {
         self.staging
+            .region()
             .atomic_u64(0)
             .load(std::sync::atomic::Ordering::Acquire)
     }
@@ -395,7 +465,7 @@ impl<F: Fabric> RemoteMemory<F> {
 
     /// Posts `op` with `len` bytes of staging at `at` as its local side.
     fn post(&mut self, op: SendOp, at: usize, len: usize) -> Result<(), MemoryError> {
-        let sge = [self.staging.sge(at, len)];
+        let sge = [self.staging.region().sge(at, len)];
         self.next_wr += 1;
         let wr = SendWr::new(self.next_wr, op, &sge);
         self.qp.post_send(&wr).map_err(|e| {
@@ -504,7 +574,7 @@ mod asynch {
                     in_flight -= 1;
                 }
                 let at = (i % DEPTH) * self.chunk;
-                self.staging.write(at, chunk);
+                self.staging.region().write(at, chunk);
                 let remote = self.remote_at(offset + (i * self.chunk) as u64);
                 self.post(SendOp::Write { remote }, at, chunk.len())?;
                 in_flight += 1;
@@ -532,7 +602,9 @@ mod asynch {
                 self.complete_async("get").await?;
                 let start = k * chunk;
                 let end = (start + chunk).min(out.len());
-                self.staging.read((k % DEPTH) * chunk, &mut out[start..end]);
+                self.staging
+                    .region()
+                    .read((k % DEPTH) * chunk, &mut out[start..end]);
             }
             Ok(())
         }

@@ -14,7 +14,9 @@ pub struct MemoryArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_size,
           default_value = "64,1K,4K,64K,1M,16M")]
     pub sizes: Vec<usize>,
-    /// Operations measured: put (against raw WRITE) and get (against raw READ).
+    /// Operations measured: put (against raw WRITE), get (against raw READ), and their
+    /// in-place forms put-with and get-with (no staging copy; sizes up to half the
+    /// staging region).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "put,get")]
     pub ops: Vec<OpArg>,
     /// Timed operations per size at most (large sizes get fewer: 2 GiB per point, at
@@ -36,6 +38,8 @@ pub struct MemoryArgs {
 pub enum OpArg {
     Put,
     Get,
+    PutWith,
+    GetWith,
 }
 
 pub fn run(args: &MemoryArgs) -> anyhow::Result<()> {
@@ -54,6 +58,8 @@ pub fn run(args: &MemoryArgs) -> anyhow::Result<()> {
             .map(|o| match o {
                 OpArg::Put => MemoryOp::Put,
                 OpArg::Get => MemoryOp::Get,
+                OpArg::PutWith => MemoryOp::PutInPlace,
+                OpArg::GetWith => MemoryOp::GetInPlace,
             })
             .collect(),
         staging: args.staging,
