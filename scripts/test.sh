@@ -66,7 +66,7 @@ step "soft-RoCE: verbs tests in a qemu guest"
 # The verbs smoke tests, the conformance suite, the end-to-end invocation tests, the hot
 # path's allocation check, and `rafi bench pingpong|invoke --fabric verbs` on rxe0; each
 # asserts that rxe0 is the device it really used. More suites: add them here.
-run_in_rxe_vm verbs conformance:verbs:: invoke:verbs:: invoke_hot_path:verbs \
+run_in_rxe_vm verbs conformance:verbs:: invoke:verbs:: invoke_hot_path:verbs remote_memory:verbs:: \
     cli:verbs_pingpong_and_invoke_on_the_device
 
 echo

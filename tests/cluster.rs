@@ -18,7 +18,7 @@ use harness::*;
 use rafi::client::{AllocationOptions, InvokeError};
 use rafi::cluster::api::{LeasePart, LeaseRequest, LeaseState, NodeState, NodeStatus};
 use rafi::cluster::http::{self, CallError};
-use rafi::cluster::lease::{Leased, LeasedAllocateError};
+use rafi::cluster::lease::{Leased, LeasedAllocateError, LeasedMemory};
 use rafi::cluster::manager::ExecutorManager;
 use rafi::cluster::resource::ResourceManager;
 use rafi::cluster::token;
@@ -40,6 +40,7 @@ on_both_fabrics!(
     a_resource_manager_restart_keeps_leases_and_accounting,
     two_concurrent_executors_on_disjoint_cores,
     a_killed_client_has_its_executor_reclaimed,
+    a_memory_lease_is_reachable_until_it_expires,
 );
 
 const RAFI: &str = env!("CARGO_BIN_EXE_rafi");
@@ -686,4 +687,69 @@ fn hosts_in_network_namespaces_over_tcp() {
     });
     gone(&mut leased);
     none_leased(&rm);
+}
+
+// ---- remote memory ------------------------------------------------------------------------
+
+/// A lease of memory (and the one core its executor needs): the client leases remote memory
+/// of at most the lease's size from the executor the manager starts, reads, writes and
+/// updates it, and the memory is gone when the lease expires.
+fn a_memory_lease_is_reachable_until_it_expires(fabric: FabricKind) {
+    use rafi::client::{MemoryError, MemoryOptions};
+    let cluster = Cluster::start(fabric, &[("a", &[0])]);
+    let rm = cluster.rm_addr.clone();
+    let memory_ask = |duration_ms| LeaseRequest {
+        memory_mib: 16,
+        ..ask(1, duration_ms, fabric)
+    };
+    let lease = cluster
+        .client()
+        .lease(&memory_ask(60_000))
+        .expect("a memory lease");
+    let err = LeasedMemory::allocate(
+        open(fabric, None),
+        &lease.parts[0],
+        MemoryOptions::new(32 << 20),
+    )
+    .err()
+    .expect("more memory than the lease holds");
+    assert!(
+        err.to_string().contains("leases at most 16777216 B"),
+        "{err}"
+    );
+    cluster.client().release(lease.lease).expect("release");
+    cluster.wait_no_executors("the refused lease's executor to stop");
+
+    let lease = cluster
+        .client()
+        .lease(&memory_ask(2_000))
+        .expect("a short memory lease");
+    let mut leased = LeasedMemory::allocate(
+        open(fabric, None),
+        &lease.parts[0],
+        MemoryOptions::new(16 << 20),
+    )
+    .unwrap_or_else(|e| panic!("leasing memory: {e}"));
+    let m = &mut leased.memory;
+    let data: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    m.put(4096, &data).unwrap();
+    let mut back = vec![0u8; 1 << 20];
+    m.get(4096, &mut back).unwrap();
+    assert!(back == data);
+    assert_eq!(m.fetch_add(0, 5).unwrap(), 0);
+    assert_eq!(m.compare_swap(0, 5, 6).unwrap(), 5);
+
+    eventually("the lease to expire", || {
+        lease_status(&rm, lease.lease).state == LeaseState::Expired
+    });
+    cluster.wait_no_executors("the expired lease's executor to stop");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match m.fetch_add(0, 1) {
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(_) => panic!("the memory is still reachable 10 s after its executor stopped"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, MemoryError::Released(_)), "{err}");
 }

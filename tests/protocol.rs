@@ -1677,3 +1677,94 @@ fn malformed_control_lines() {
     let crlf = hello_line.trim_end().to_string() + "\r\n";
     assert!(ControlMessage::from_line(&crlf).is_ok());
 }
+
+// ---- leased memory in the handshake ---------------------------------------------------------
+
+fn memory_hello(len: u64, access: MemoryAccess) -> ClientHello {
+    ClientHello::memory_only(
+        "app-rank-0",
+        MemoryRequest {
+            len,
+            access,
+            endpoint: endpoint(Fabric::Shm, 7),
+        },
+    )
+}
+
+fn grant_for(h: &ClientHello, len: u64, access: MemoryAccess) -> ExecutorReply {
+    let mut reply = ExecutorReply::new(h, Vec::new());
+    reply.memory = Some(MemoryGrant {
+        endpoint: endpoint(Fabric::Shm, 70),
+        region: RegionDesc {
+            addr: 0x7d00_0000_0000,
+            rkey: 0x3003,
+            len,
+        },
+        access,
+    });
+    reply
+}
+
+#[test]
+fn a_memory_only_hello_is_admitted_and_its_grant_checked() {
+    let h = memory_hello(4096, MemoryAccess::ALL);
+    let admission = h.admit(FabricKind::Shm, 1, catalog).unwrap();
+    assert!(admission.functions.is_empty());
+    // Through the wire and back.
+    let line = ControlMessage::Hello(h.clone()).to_line();
+    assert!(line.contains("\"memory\""), "{line}");
+    assert_eq!(
+        ControlMessage::from_line(&line)
+            .unwrap()
+            .into_hello()
+            .unwrap(),
+        h
+    );
+    assert!(grant_for(&h, 4096, MemoryAccess::ALL).check(&h).is_ok());
+    let small = grant_for(&h, 4095, MemoryAccess::ALL)
+        .check(&h)
+        .unwrap_err();
+    assert!(
+        matches!(small, HandshakeError::MemoryMismatch { .. }),
+        "{small}"
+    );
+    let weaker = grant_for(&h, 4096, MemoryAccess::READ_ONLY)
+        .check(&h)
+        .unwrap_err();
+    assert!(weaker
+        .to_string()
+        .contains("read+write+atomic access requested, read granted"));
+    let none = ExecutorReply::new(&h, Vec::new()).check(&h).unwrap_err();
+    assert!(none.to_string().contains("none granted"), "{none}");
+}
+
+#[test]
+fn invalid_memory_requests_are_refused() {
+    let zero = memory_hello(0, MemoryAccess::ALL).admit(FabricKind::Shm, 1, catalog);
+    assert!(matches!(zero, Err(HandshakeError::InvalidMemory { .. })));
+    let no_rights = memory_hello(64, MemoryAccess::default()).admit(FabricKind::Shm, 1, catalog);
+    assert!(matches!(
+        no_rights,
+        Err(HandshakeError::InvalidMemory { .. })
+    ));
+    let other_fabric = memory_hello(64, MemoryAccess::ALL).admit(FabricKind::Tcp, 1, catalog);
+    assert!(matches!(
+        other_fabric,
+        Err(HandshakeError::InvalidMemory { .. })
+    ));
+}
+
+#[test]
+fn hellos_and_replies_without_memory_are_unchanged_on_the_wire() {
+    let h = hello(1);
+    let line = ControlMessage::Hello(h.clone()).to_line();
+    assert!(!line.contains("memory"), "{line}");
+    let reply_line = ControlMessage::Accept(reply_to(&h)).to_line();
+    assert!(!reply_line.contains("memory"), "{reply_line}");
+    let back = ControlMessage::from_line(&line)
+        .unwrap()
+        .into_hello()
+        .unwrap();
+    assert_eq!(back.memory, None);
+    assert!(reply_to(&h).check(&h).is_ok());
+}

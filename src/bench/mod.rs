@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`cold`] | cold starts: lease → spawn → connect → first result, on a cluster of this host |
 //! | [`invoke`] | function invocations through the whole stack, against a `rafi executor` process |
+//! | [`memory`] | leased remote memory: put/get against raw WRITE/READ, in one process |
 //! | [`pingpong`] | raw fabric round trips (WRITE_WITH_IMM or SEND) between two processes, no rafi layer |
 //! | [`report`] | latency samples → [`LatencyReport`]: one JSON line or one table row |
 //! | [`control`] | re-executing this binary as the peer process, JSON-line control channel over its stdin/stdout |
@@ -20,6 +21,7 @@ pub mod cold;
 pub mod control;
 pub mod cpus;
 pub mod invoke;
+pub mod memory;
 pub mod pingpong;
 pub mod report;
 

@@ -3,6 +3,7 @@
 
 mod cold;
 mod invoke;
+mod memory;
 mod pingpong;
 
 use clap::{Args, Subcommand};
@@ -25,6 +26,9 @@ pub enum BenchCommand {
     /// Function invocations through the whole stack: this process as the client, a
     /// `rafi executor` process with one worker pinned to the second core.
     Invoke(InvokeArgs),
+    /// Leased remote memory: put/get latency and bandwidth against the raw fabric's
+    /// WRITE/READ of the same sizes, in one run.
+    Memory(memory::MemoryArgs),
     /// Cold starts on a cluster of this host: lease, spawn an executor, connect, first
     /// result, timed in phases.
     Cold(cold::ColdArgs),
@@ -42,6 +46,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Pingpong(args) => pingpong::run(&args),
         BenchCommand::Invoke(args) => invoke::run(&args),
         BenchCommand::Cold(args) => cold::run(&args),
+        BenchCommand::Memory(args) => memory::run(&args),
         BenchCommand::PingpongPeer => pingpong::run_peer(),
     }
 }

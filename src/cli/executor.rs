@@ -51,6 +51,10 @@ pub struct ExecutorArgs {
     /// Largest slot a client may ask for (units K, M, G).
     #[arg(long, default_value = "1M", value_parser = parse_size)]
     pub max_slot_size: usize,
+    /// Most remote memory leased to clients, all allocations together (units K, M, G;
+    /// docs/remote-memory.md). The executor manager passes the lease's memory.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub max_memory: usize,
     /// Set by the executor manager: where to bill (JSON: the manager's queue pair endpoint
     /// and its counters' address and rkey). The executor then prints its accountant's
     /// endpoint in its `listening` line, bills through RDMA FETCH_ADD, and ends (after a
@@ -103,6 +107,7 @@ pub fn run(args: &ExecutorArgs) -> anyhow::Result<()> {
     };
     config.max_slots = args.max_slots;
     config.accept_libraries = args.accept_libraries;
+    config.max_memory = args.max_memory as u64;
     config.max_slot_size = u32::try_from(args.max_slot_size)
         .ok()
         .filter(|&s| s <= 1 << 30)

@@ -56,6 +56,41 @@ pub enum InvokeError {
     Codec(String),
 }
 
+/// An operation on leased remote memory failed. The checks the client makes itself (rights,
+/// bounds, alignment) fail before anything is sent; the others come from the fabric.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemoryError {
+    #[error(
+        "{len} B at offset {offset} are outside the {size} B of leased memory (nothing was sent)"
+    )]
+    OutOfBounds { offset: u64, len: u64, size: u64 },
+    #[error(
+        "{len} B do not fit the {max} B staging chunk that in-place transfers use (nothing \
+         was sent; use put/get, or a larger MemoryOptions::staging)"
+    )]
+    TooLargeInPlace { len: usize, max: usize },
+    #[error("the atomic word at offset {offset} is not 8-byte aligned (nothing was sent)")]
+    Misaligned { offset: u64 },
+    #[error("this lease does not allow {op}: it grants {granted} access (nothing was sent)")]
+    NotPermitted {
+        op: &'static str,
+        granted: crate::protocol::MemoryAccess,
+    },
+    #[error(
+        "the executor's device refused the {op}: {status} (a released region, a stale or \
+         foreign rkey, or a right the region lacks)"
+    )]
+    RemoteAccess { op: &'static str, status: WcStatus },
+    #[error("the leased memory is released: {0}")]
+    Released(String),
+    #[error("no completion within {0:?}")]
+    TimedOut(Duration),
+    #[error("the {op} failed: {status}")]
+    Fabric { op: &'static str, status: WcStatus },
+    #[error("cannot post the request: {0}")]
+    Post(String),
+}
+
 impl InvokeError {
     pub(crate) fn from_status(status: Status, code: i32) -> InvokeError {
         match status {

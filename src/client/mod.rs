@@ -13,6 +13,10 @@
 //! * `invoke_async` (feature `tokio`): a future that sleeps on the completion channel
 //!   through tokio, burning no CPU while it waits.
 //!
+//! * [`RemoteMemory`]: leased memory on an executor, read, written and updated atomically
+//!   with one-sided RDMA (`put`, `get`, `fetch_add`, `compare_swap`, blocking and async);
+//!   docs/remote-memory.md.
+//!
 //! Every invocation has a timeout; errors say what happened ([`InvokeError`]); a response
 //! is matched to its invocation by slot and 64-bit id and never reaches another caller.
 
@@ -21,8 +25,10 @@ mod allocation;
 mod asynch;
 mod error;
 mod link;
+mod memory;
 mod options;
 
 pub use allocation::{Allocation, FunctionId, ResultView};
-pub use error::{AllocateError, InvokeError};
+pub use error::{AllocateError, InvokeError, MemoryError};
+pub use memory::{MemoryOptions, RemoteMemory};
 pub use options::{AllocationOptions, ShippedLibrary};

@@ -20,7 +20,7 @@ use super::api::{
     Lease, LeasePart, LeaseRequest, LeaseStatus, ManagerMessage, RenewRequest, UnixMillis,
 };
 use super::http::{call, CallError};
-use crate::client::{AllocateError, Allocation, AllocationOptions};
+use crate::client::{AllocateError, Allocation, AllocationOptions, MemoryOptions, RemoteMemory};
 use crate::fabric::Fabric;
 
 /// Talks to the resource manager as one client.
@@ -150,59 +150,15 @@ impl<F: Fabric> Leased<F> {
         mut options: AllocationOptions,
     ) -> Result<Self, LeasedAllocateError> {
         let started = Instant::now();
-        let node = part.node_name.clone();
-        let protocol = |message: String| LeasedAllocateError::Protocol {
-            node: node.clone(),
-            message,
-        };
-        let manager = TcpStream::connect(&part.manager_address).map_err(|source| {
-            LeasedAllocateError::Connect {
-                node: node.clone(),
-                addr: part.manager_address.clone(),
-                source,
-            }
-        })?;
-        let _ = manager.set_nodelay(true);
-        let mut writer = manager.try_clone().map_err(|e| protocol(e.to_string()))?;
-        let request = ManagerMessage::Allocate {
-            token: part.token.clone(),
-            mode: mode.map(str::to_string),
-        };
-        let mut line = serde_json::to_string(&request).map_err(|e| protocol(e.to_string()))?;
-        line.push('\n');
-        writer
-            .write_all(line.as_bytes())
-            .map_err(|e| protocol(e.to_string()))?;
-        let mut reader = BufReader::new(manager.try_clone().map_err(|e| protocol(e.to_string()))?);
-        let mut answer = String::new();
-        reader
-            .read_line(&mut answer)
-            .map_err(|e| protocol(e.to_string()))?;
-        let (executor, spawn_ns) = match serde_json::from_str::<ManagerMessage>(&answer) {
-            Ok(ManagerMessage::Allocated {
-                executor, spawn_ns, ..
-            }) => (executor, spawn_ns),
-            Ok(ManagerMessage::Error { kind, message }) => {
-                return Err(LeasedAllocateError::Refused {
-                    node,
-                    kind,
-                    message,
-                })
-            }
-            Ok(other) => return Err(protocol(format!("unexpected answer {other:?}"))),
-            Err(e) if answer.is_empty() => {
-                return Err(protocol(format!("closed the connection ({e})")))
-            }
-            Err(e) => return Err(protocol(format!("malformed answer {answer:?}: {e}"))),
-        };
+        let (manager, executor, spawn_ns) = start_executor(part, mode)?;
         options.workers = part.cores.len().max(1);
         let allocation = Allocation::connect(fabric, executor.as_str(), functions, options)?;
         Ok(Self {
             allocation,
             spawn: Duration::from_nanos(spawn_ns),
             ready: started.elapsed(),
-            manager: reader,
-            node,
+            manager,
+            node: part.node_name.clone(),
         })
     }
 
@@ -251,5 +207,95 @@ impl<F: Fabric> Leased<F> {
             Err(e) if answer.is_empty() => Err(protocol(format!("closed the connection ({e})"))),
             Err(e) => Err(protocol(format!("malformed answer {answer:?}: {e}"))),
         }
+    }
+}
+
+/// Asks `part`'s executor manager to start its executor; returns the manager connection
+/// (which keeps the executor alive), the executor's address and its spawn time.
+fn start_executor(
+    part: &LeasePart,
+    mode: Option<&str>,
+) -> Result<(BufReader<TcpStream>, String, u64), LeasedAllocateError> {
+    let node = part.node_name.clone();
+    let protocol = |message: String| LeasedAllocateError::Protocol {
+        node: node.clone(),
+        message,
+    };
+    let manager = TcpStream::connect(&part.manager_address).map_err(|source| {
+        LeasedAllocateError::Connect {
+            node: node.clone(),
+            addr: part.manager_address.clone(),
+            source,
+        }
+    })?;
+    let _ = manager.set_nodelay(true);
+    let mut writer = manager.try_clone().map_err(|e| protocol(e.to_string()))?;
+    let request = ManagerMessage::Allocate {
+        token: part.token.clone(),
+        mode: mode.map(str::to_string),
+    };
+    let mut line = serde_json::to_string(&request).map_err(|e| protocol(e.to_string()))?;
+    line.push('\n');
+    writer
+        .write_all(line.as_bytes())
+        .map_err(|e| protocol(e.to_string()))?;
+    let mut reader = BufReader::new(manager.try_clone().map_err(|e| protocol(e.to_string()))?);
+    let mut answer = String::new();
+    reader
+        .read_line(&mut answer)
+        .map_err(|e| protocol(e.to_string()))?;
+    let (executor, spawn_ns) = match serde_json::from_str::<ManagerMessage>(&answer) {
+        Ok(ManagerMessage::Allocated {
+            executor, spawn_ns, ..
+        }) => (executor, spawn_ns),
+        Ok(ManagerMessage::Error { kind, message }) => {
+            return Err(LeasedAllocateError::Refused {
+                node,
+                kind,
+                message,
+            })
+        }
+        Ok(other) => return Err(protocol(format!("unexpected answer {other:?}"))),
+        Err(e) if answer.is_empty() => {
+            return Err(protocol(format!("closed the connection ({e})")))
+        }
+        Err(e) => return Err(protocol(format!("malformed answer {answer:?}: {e}"))),
+    };
+    Ok((reader, executor, spawn_ns))
+}
+
+/// Remote memory on a leased node: a memory-only allocation of the executor the node's
+/// manager starts for the lease (one worker, warm: it never runs a function), and the
+/// manager connection that keeps the executor alive. The executor may lease as much memory
+/// as the lease holds; dropping this, or the lease's end, releases the memory.
+pub struct LeasedMemory<F: Fabric> {
+    pub memory: RemoteMemory<F>,
+    /// Time from the allocate request to the executor listening, as the manager measured.
+    pub spawn: Duration,
+    /// Time from the allocate request to the memory being reachable.
+    pub ready: Duration,
+    _manager: BufReader<TcpStream>,
+}
+
+impl<F: Fabric> LeasedMemory<F> {
+    /// Starts the executor of `part` (warm) and leases `options.len` bytes of it.
+    ///
+    /// # Errors
+    /// [`LeasedAllocateError`]; more memory than the lease holds is refused by the
+    /// executor.
+    pub fn allocate(
+        fabric: F,
+        part: &LeasePart,
+        options: MemoryOptions,
+    ) -> Result<Self, LeasedAllocateError> {
+        let started = Instant::now();
+        let (manager, executor, spawn_ns) = start_executor(part, Some("warm"))?;
+        let memory = RemoteMemory::connect(fabric, executor.as_str(), options)?;
+        Ok(Self {
+            memory,
+            spawn: Duration::from_nanos(spawn_ns),
+            ready: started.elapsed(),
+            _manager: manager,
+        })
     }
 }

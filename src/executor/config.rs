@@ -49,6 +49,9 @@ pub struct ExecutorConfig {
     pub accept_libraries: bool,
     /// The largest shipped library accepted, in bytes.
     pub max_library_len: u64,
+    /// Bytes of remote memory this executor leases to clients at most, all allocations
+    /// together (docs/remote-memory.md); beyond it a memory request is refused.
+    pub max_memory: u64,
 }
 
 impl ExecutorConfig {
@@ -62,6 +65,7 @@ impl ExecutorConfig {
             private_inputs: None,
             accept_libraries: false,
             max_library_len: 256 << 20,
+            max_memory: 1 << 30,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod billing;
 mod catalog;
 mod config;
 mod link;
+mod memory;
 mod session;
 mod worker;
 
@@ -59,6 +60,8 @@ pub(crate) struct Shared<F: Fabric, C: Catalog> {
     workers: Vec<WorkerHandle<F>>,
     catalog: Arc<C>,
     config: ExecutorConfig,
+    /// Leased memory in use, against `config.max_memory`.
+    memory: Arc<memory::MemoryBudget>,
     /// The control connection of every live session, to end them when the executor stops.
     sessions: std::sync::Mutex<std::collections::HashMap<u64, TcpStream>>,
 }
@@ -112,6 +115,7 @@ impl<F: Fabric, C: Catalog> Executor<F, C> {
             workers,
             catalog,
             config,
+            memory: Default::default(),
             sessions: Default::default(),
         });
         let stopping = Arc::new(AtomicBool::new(false));
@@ -142,6 +146,11 @@ impl<F: Fabric, C: Catalog> Executor<F, C> {
             .iter()
             .map(|w| w.stats.clone())
             .collect()
+    }
+
+    /// Bytes of remote memory leased to clients now.
+    pub fn memory_in_use(&self) -> u64 {
+        self.shared.memory.in_use()
     }
 
     /// The fabric the executor serves on.

@@ -15,6 +15,7 @@ use crate::protocol::{
 
 use super::catalog::{Catalog, Target};
 use super::link::{ExecutorLink, LinkPlan};
+use super::memory::MemoryLease;
 use super::worker::Command;
 use super::Shared;
 use crate::function::{FunctionLibrary, FunctionTable};
@@ -63,8 +64,9 @@ fn serve<F: Fabric, C: Catalog>(
     let mut reader = BufReader::new(stream);
     let admitted = admit(shared, &mut reader, &mut writer, client);
     let _ = writer.set_read_timeout(None);
-    let workers = match admitted {
-        Ok(workers) => workers,
+    // `_memory` (the leased region, if any) lives until the control connection closes.
+    let (workers, _memory) = match admitted {
+        Ok(admitted) => admitted,
         Err(e) => {
             if !matches!(e, SessionError::Control(ControlError::Closed)) {
                 eprintln!("rafi executor: allocation from {peer} refused: {e}");
@@ -107,13 +109,14 @@ impl SessionError {
     }
 }
 
-/// The handshake; returns the workers that now serve this client.
+/// The handshake; returns the workers that now serve this client and its leased memory.
+#[allow(clippy::type_complexity)]
 fn admit<F: Fabric, C: Catalog>(
     shared: &Shared<F, C>,
     reader: &mut BufReader<TcpStream>,
     writer: &mut TcpStream,
     client: u64,
-) -> Result<Vec<usize>, SessionError> {
+) -> Result<(Vec<usize>, Option<MemoryLease<F>>), SessionError> {
     let hello = read_message(reader)?.into_hello()?;
     let shipped = receive_libraries(shared, &hello, reader)?;
     let admission = hello.admit(shared.fabric.kind(), shared.workers.len() as u32, |name| {
@@ -133,6 +136,28 @@ fn admit<F: Fabric, C: Catalog>(
             shared.config.max_slot_size
         )));
     }
+    let mut memory = match &hello.memory {
+        None => None,
+        Some(request) => {
+            let limit = shared.config.max_memory;
+            let reservation = shared.memory.reserve(request.len, limit).ok_or_else(|| {
+                SessionError::Unavailable(format!(
+                    "{} B of memory requested, but this executor leases at most {} B and \
+                     {} B are in use (`rafi executor --max-memory` sets the limit)",
+                    request.len,
+                    limit,
+                    shared.memory.in_use()
+                ))
+            })?;
+            let lease = MemoryLease::create(&shared.fabric, request, reservation).map_err(|e| {
+                SessionError::Unavailable(format!(
+                    "cannot register {} B of memory: {e}",
+                    request.len
+                ))
+            })?;
+            Some(lease)
+        }
+    };
     let functions: Arc<[Target]> = admission.functions.into();
     let private_inputs = shared.config.private_inputs.unwrap_or(matches!(
         shared.fabric.kind(),
@@ -169,11 +194,14 @@ fn admit<F: Fabric, C: Catalog>(
             request_region: l.request_region(),
         })
         .collect();
-    write_message(
-        writer,
-        &ControlMessage::Accept(ExecutorReply::new(&hello, described)),
-    )
-    .map_err(ControlError::Io)?;
+    let mut reply = ExecutorReply::new(&hello, described);
+    reply.memory = memory.as_ref().map(MemoryLease::grant);
+    write_message(writer, &ControlMessage::Accept(reply)).map_err(ControlError::Io)?;
+    if let (Some(lease), Some(request)) = (memory.as_mut(), hello.memory.as_ref()) {
+        lease
+            .connect(&request.endpoint)
+            .map_err(|e| SessionError::Unavailable(format!("connecting memory: {e}")))?;
+    }
     for (link, theirs) in links.iter_mut().zip(&hello.workers) {
         link.connect(&theirs.endpoint, theirs.response_region)
             .map_err(|e| SessionError::Unavailable(format!("connecting: {e}")))?;
@@ -191,7 +219,7 @@ fn admit<F: Fabric, C: Catalog>(
         },
     )
     .map_err(ControlError::Io)?;
-    Ok(assigned)
+    Ok((assigned, memory))
 }
 
 /// The most bytes of refused libraries read (and dropped) before the refusal is sent.

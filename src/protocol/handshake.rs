@@ -76,6 +76,87 @@ pub struct ClientHello {
     /// before the executor's own. Executors accept them only when configured to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub libraries: Vec<LibraryDesc>,
+    /// Remote memory the client leases with this allocation (a memory-only allocation
+    /// names no workers and no functions). Absent in hellos of clients that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryRequest>,
+}
+
+/// The remote rights a client asks for on leased memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemoryAccess {
+    /// RDMA READ (`get`).
+    #[serde(default)]
+    pub read: bool,
+    /// RDMA WRITE (`put`).
+    #[serde(default)]
+    pub write: bool,
+    /// FETCH_ADD and CMP_SWAP.
+    #[serde(default)]
+    pub atomic: bool,
+}
+
+impl MemoryAccess {
+    /// Every right: read, write, atomics.
+    pub const ALL: MemoryAccess = MemoryAccess {
+        read: true,
+        write: true,
+        atomic: true,
+    };
+    /// Reads only.
+    pub const READ_ONLY: MemoryAccess = MemoryAccess {
+        read: true,
+        write: false,
+        atomic: false,
+    };
+
+    /// Whether no right at all is asked for.
+    pub fn is_empty(self) -> bool {
+        !(self.read || self.write || self.atomic)
+    }
+
+    /// Whether every right of `other` is in `self`.
+    pub fn contains(self, other: MemoryAccess) -> bool {
+        (self.read || !other.read) && (self.write || !other.write) && (self.atomic || !other.atomic)
+    }
+}
+
+impl std::fmt::Display for MemoryAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = [
+            (self.read, "read"),
+            (self.write, "write"),
+            (self.atomic, "atomic"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join("+"))
+        }
+    }
+}
+
+/// Leased memory a hello asks for: `len` bytes with `access`, reached from the client's
+/// queue pair `endpoint` (dedicated to memory operations).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryRequest {
+    pub len: u64,
+    pub access: MemoryAccess,
+    pub endpoint: Endpoint,
+}
+
+/// The executor's side of leased memory: its queue pair for the client's memory queue
+/// pair, and the region (its rkey reaches nothing else). It lives as long as the
+/// allocation's control connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryGrant {
+    pub endpoint: Endpoint,
+    pub region: RegionDesc,
+    pub access: MemoryAccess,
 }
 
 /// A function library shipped after the hello: `len` raw bytes of a shared object.
@@ -112,6 +193,9 @@ pub struct ExecutorReply {
     pub functions: Vec<FunctionEntry>,
     /// One entry per worker, in the order of the hello.
     pub workers: Vec<ExecutorWorker>,
+    /// The leased memory, when the hello asked for some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryGrant>,
 }
 
 /// What kind of error an [`ErrorMessage`] reports.
@@ -176,6 +260,12 @@ pub enum HandshakeError {
     /// More workers than the executor has.
     #[error("{wanted} workers requested, but only {available} are available")]
     TooManyWorkers { wanted: usize, available: u32 },
+    /// A memory request that cannot be granted as asked (zero bytes, no rights).
+    #[error("invalid memory request: {reason}")]
+    InvalidMemory { reason: String },
+    /// The reply's memory grant does not match the hello's request.
+    #[error("memory grant mismatch: {detail}")]
+    MemoryMismatch { detail: String },
     /// The reply describes another number of workers than the hello asked for.
     #[error("{wanted} workers requested, but the reply describes {got}")]
     WorkerCountMismatch { wanted: usize, got: usize },
@@ -290,6 +380,22 @@ impl ClientHello {
             slot_size: geometry.slot_size(),
             workers,
             libraries: Vec::new(),
+            memory: None,
+        }
+    }
+
+    /// A memory-only hello: no workers, no functions, `memory` leased.
+    pub fn memory_only(client: impl Into<String>, memory: MemoryRequest) -> ClientHello {
+        ClientHello {
+            version: PROTOCOL_VERSION,
+            client: client.into(),
+            functions: Vec::new(),
+            // A valid geometry for the checks; no slot is ever created for it.
+            slots: 1,
+            slot_size: 4096,
+            workers: Vec::new(),
+            libraries: Vec::new(),
+            memory: Some(memory),
         }
     }
 
@@ -308,6 +414,34 @@ impl ClientHello {
     ) -> Result<Admission<T>, HandshakeError> {
         check_version(self.version)?;
         let geometry = SlotGeometry::new(self.slots, self.slot_size)?;
+        if let Some(memory) = &self.memory {
+            if memory.len == 0 {
+                return Err(HandshakeError::InvalidMemory {
+                    reason: "zero bytes requested".into(),
+                });
+            }
+            if memory.access.is_empty() {
+                return Err(HandshakeError::InvalidMemory {
+                    reason: "no access right requested (read, write or atomic)".into(),
+                });
+            }
+            if memory.endpoint.kind() != fabric {
+                return Err(HandshakeError::InvalidMemory {
+                    reason: format!(
+                        "memory queue pair on fabric {}, but this side runs {}",
+                        memory.endpoint.kind().name(),
+                        fabric.name()
+                    ),
+                });
+            }
+            if self.workers.is_empty() && self.functions.is_empty() {
+                // A memory-only allocation.
+                return Ok(Admission {
+                    geometry,
+                    functions: Vec::new(),
+                });
+            }
+        }
         if self.workers.is_empty() {
             return Err(HandshakeError::NoWorkers);
         }
@@ -363,6 +497,7 @@ impl ExecutorReply {
                 })
                 .collect(),
             workers,
+            memory: None,
         }
     }
 
@@ -406,6 +541,46 @@ impl ExecutorReply {
         for (i, (ours, theirs)) in hello.workers.iter().zip(&self.workers).enumerate() {
             check_fabric(i, ours.endpoint.kind(), &theirs.endpoint)?;
             check_region(i, "request", &theirs.request_region, geometry)?;
+        }
+        match (&hello.memory, &self.memory) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(HandshakeError::MemoryMismatch {
+                    detail: "memory requested, none granted".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(HandshakeError::MemoryMismatch {
+                    detail: "memory granted, none requested".into(),
+                })
+            }
+            (Some(asked), Some(granted)) => {
+                if granted.region.len < asked.len {
+                    return Err(HandshakeError::MemoryMismatch {
+                        detail: format!(
+                            "{} B requested, a region of {} B granted",
+                            asked.len, granted.region.len
+                        ),
+                    });
+                }
+                if !granted.access.contains(asked.access) {
+                    return Err(HandshakeError::MemoryMismatch {
+                        detail: format!(
+                            "{} access requested, {} granted",
+                            asked.access, granted.access
+                        ),
+                    });
+                }
+                if granted.endpoint.kind() != asked.endpoint.kind() {
+                    return Err(HandshakeError::MemoryMismatch {
+                        detail: format!(
+                            "memory queue pair on fabric {}, but this side runs {}",
+                            granted.endpoint.kind().name(),
+                            asked.endpoint.kind().name()
+                        ),
+                    });
+                }
+            }
         }
         Ok(geometry)
     }

@@ -80,8 +80,8 @@ pub use executor::{
 pub use geometry::{GeometryError, SlotGeometry};
 pub use handshake::{
     Admission, ClientHello, ClientWorker, ControlMessage, ErrorKind, ErrorMessage, ExecutorReply,
-    ExecutorWorker, FunctionEntry, HandshakeError, LibraryDesc, RegionDesc, MAX_CONTROL_LINE,
-    PROTOCOL_VERSION,
+    ExecutorWorker, FunctionEntry, HandshakeError, LibraryDesc, MemoryAccess, MemoryGrant,
+    MemoryRequest, RegionDesc, MAX_CONTROL_LINE, PROTOCOL_VERSION,
 };
 pub use header::{
     HeaderError, RequestHeader, ResponseHeader, HEADER_LEN, KNOWN_REQUEST_FLAGS, RESERVED_OFFSET,

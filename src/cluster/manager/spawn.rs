@@ -70,6 +70,9 @@ pub(crate) fn argv(
         cores.join(","),
         "--mode".into(),
         if hot { "hot" } else { "warm" }.into(),
+        // The lease's memory is what its clients may lease as remote memory.
+        "--max-memory".into(),
+        format!("{}M", claims.memory_mib),
     ]);
     if config.fabric == FabricKind::Tcp {
         args.extend(["--tcp-listen".into(), SocketAddr::new(ip, 0).to_string()]);
@@ -244,7 +247,7 @@ mod tests {
         assert_eq!(
             args.join(" "),
             "systemd-run --scope /opt/rafi executor --fabric tcp --listen 10.0.0.5:0 \
-             --cores 4,6 --mode hot --tcp-listen 10.0.0.5:0 --accept-libraries"
+             --cores 4,6 --mode hot --max-memory 0M --tcp-listen 10.0.0.5:0 --accept-libraries"
         );
     }
 
