@@ -430,9 +430,13 @@ fn a_terminated_executor_manager_ends_its_executors_and_leases(fabric: FabricKin
     assert_eq!(executors.len(), 1, "the manager runs one executor");
     let _reap = Reap(executors.clone());
 
+    // Slurm signals every process of the step, the executor too: the manager ends it,
+    // after the executor's last flush of its usage.
     let sent = Instant::now();
     assert!(std::process::Command::new("kill")
-        .args(["-TERM", &manager.pid().to_string()])
+        .arg("-TERM")
+        .args(executors.iter().map(u32::to_string))
+        .arg(manager.pid().to_string())
         .status()
         .unwrap()
         .success());
@@ -472,6 +476,9 @@ fn a_terminated_executor_manager_ends_its_executors_and_leases(fabric: FabricKin
     assert_eq!(ended.state, LeaseState::Lost);
     assert!(ended.ended_at.is_some());
     assert_eq!(leased_cores_metric(&rm), 0);
+    // The five echoes were billed: the executor outlived the signal until its manager
+    // ended it, and the last heartbeat carried its last usage.
+    assert_eq!(usage(&rm, lease.lease).invocations, 5);
 }
 
 // ---- 6. a resource manager restart --------------------------------------------------------
