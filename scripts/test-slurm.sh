@@ -256,8 +256,8 @@ until_ok 10 "the first executor to end" no_executor
 until_ok 10 "the first lease to end" no_active_lease
 
 # A client in the middle of a long run of invocations when the drain comes (its lease
-# lasts repeat x timeout, at most a day).
-"$RAFI_BIN" invoke rafi.noop x --repeat 2000000 --timeout-ms 40 >"$D/client.out" 2>&1 &
+# lasts repeat x timeout, at most a day; 100 ms leaves room for a loaded host).
+"$RAFI_BIN" invoke rafi.noop x --repeat 800000 --timeout-ms 100 >"$D/client.out" 2>&1 &
 client=$!
 leased_and_running() {
     [ "$(executors | wc -l)" -eq 1 ] && [ "$(active_leases)" -eq 1 ]
