@@ -62,6 +62,9 @@ cargo test --workspace --doc --locked
 # checks the error for a missing libibverbs and that shm still works then.
 cargo test --locked --features verbs --test verbs
 
+step "Slurm: managers through sbatch on a local Slurm cluster"
+scripts/test-slurm.sh
+
 step "soft-RoCE: verbs tests in a qemu guest"
 # The verbs smoke tests, the conformance suite, the end-to-end invocation tests, the hot
 # path's allocation check, and `rafi bench pingpong|invoke --fabric verbs` on rxe0; each

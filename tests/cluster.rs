@@ -41,6 +41,7 @@ on_both_fabrics!(
     two_concurrent_executors_on_disjoint_cores,
     a_killed_client_has_its_executor_reclaimed,
     a_memory_lease_is_reachable_until_it_expires,
+    a_terminated_executor_manager_ends_its_executors_and_leases,
 );
 
 const RAFI: &str = env!("CARGO_BIN_EXE_rafi");
@@ -405,6 +406,92 @@ fn a_killed_executor_manager_loses_its_node_and_leases(fabric: FabricKind) {
     assert_eq!(node_named(&rm, "survivor").unwrap().state, NodeState::Up);
     echoes(&mut on_survivor, 7, 5);
     assert_eq!(survivor.running().len(), 1);
+}
+
+/// SIGTERM (what Slurm sends before a job's end, and `scancel --signal=TERM`) makes a
+/// `rafi executor-manager` process end its executors (the client hears it), tell the
+/// resource manager that their leases ended, and exit with status 0.
+fn a_terminated_executor_manager_ends_its_executors_and_leases(fabric: FabricKind) {
+    let dir = TempDir::new();
+    let rm_service = ResourceManager::start(rm_config(dir.path(), "127.0.0.1:0")).unwrap();
+    let rm = rm_service.address().to_string();
+    let mut manager = ChildProcess::spawn(
+        &[
+            RAFI,
+            "executor-manager",
+            "--resource-manager",
+            &rm,
+            "--secret",
+            SECRET,
+            "--node",
+            "batch",
+            "--listen",
+            "127.0.0.1:0",
+            "--spare-cores",
+            "0",
+            "--fabric",
+            fabric.name(),
+        ],
+        &[],
+    );
+    wait_up(&rm, "batch");
+    let client = lease_client(&rm);
+    let lease = client.lease(&ask(1, 60_000, fabric)).unwrap();
+    let mut leased = allocate(fabric, &lease.parts[0], None);
+    echoes(&mut leased, 8, 5);
+    let executors = children_of(manager.pid());
+    assert_eq!(executors.len(), 1, "the manager runs one executor");
+    let _reap = Reap(executors.clone());
+
+    // Slurm signals every process of the step, the executor too: the manager ends it,
+    // after the executor's last flush of its usage.
+    let sent = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .arg("-TERM")
+        .args(executors.iter().map(u32::to_string))
+        .arg(manager.pid().to_string())
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = manager.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the manager still runs after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        status.success(),
+        "the manager exited with {status} after SIGTERM"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "shutting down took {:?}",
+        sent.elapsed()
+    );
+    // Its executor is gone, the client is told, and the lease ended with the last
+    // heartbeat, not three heartbeats later when the node would be marked down.
+    for pid in executors {
+        // Gone, or a zombie that init has not reaped yet.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = state.rsplit(')').next().unwrap_or("").trim_start();
+        assert!(
+            state.is_empty() || state.starts_with('Z') || state.starts_with('X'),
+            "executor {pid} outlived its manager (state {state:.1})"
+        );
+    }
+    gone(&mut leased);
+    let ended = lease_status(&rm, lease.lease);
+    assert_eq!(ended.state, LeaseState::Lost);
+    assert!(ended.ended_at.is_some());
+    assert_eq!(leased_cores_metric(&rm), 0);
+    // The five echoes were billed: the executor outlived the signal until its manager
+    // ended it, and the last heartbeat carried its last usage.
+    assert_eq!(usage(&rm, lease.lease).invocations, 5);
 }
 
 // ---- 6. a resource manager restart --------------------------------------------------------

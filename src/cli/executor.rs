@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use rafi::executor::billing::{Accountant, BillingTarget, FLUSH_INTERVAL};
 use rafi::executor::{Executor, ExecutorConfig, Polling};
 use rafi::fabric::{self, Fabric, FabricUser};
 use rafi::function::{FunctionLibrary, FunctionTable};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::cli::args::{parse_size, FabricArgs};
 
@@ -183,7 +185,16 @@ impl FabricUser for Serve {
             .start(executor.worker_stats(), FLUSH_INTERVAL)
             .context("starting the accountant")?;
         // Billed executors belong to a manager: they end when it closes their stdin (or
-        // dies), after a last flush of their usage.
+        // dies), after a last flush of their usage. So SIGTERM and SIGINT, which reach
+        // every process of a Slurm job step (`scancel --signal=TERM`, the warning before
+        // the time limit) or of a terminal's process group, are the manager's to act on:
+        // here they only set a flag nobody reads, instead of ending the process before
+        // its last flush. (SIGKILL still ends it.)
+        let ignored = Arc::new(AtomicBool::new(false));
+        for signal in [SIGTERM, SIGINT] {
+            signal_hook::flag::register(signal, ignored.clone())
+                .context("installing the signal handlers")?;
+        }
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
         drop(accountant);
         drop(executor);

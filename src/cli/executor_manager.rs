@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use rafi::cluster::manager::{parse_core_list, ExecutorManager, ManagerConfig};
 use rafi::fabric::FabricKind;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::cli::config::ConfigFile;
 
@@ -97,8 +99,16 @@ pub fn config(args: &ExecutorManagerArgs, file: &ConfigFile) -> anyhow::Result<M
     Ok(c)
 }
 
+/// Serves until SIGTERM or SIGINT, then shuts down cleanly and returns (exit status 0):
+/// every executor ends (its clients hear `executor_ended`) and a last heartbeat tells the
+/// resource manager that their leases ended. Slurm's warning signal before a job's end
+/// (`sbatch --signal=TERM@60`) and `scancel --signal=TERM` arrive this way
+/// (scripts/slurm/, docs/slurm.md).
 pub fn run(args: &ExecutorManagerArgs, file: &ConfigFile) -> anyhow::Result<()> {
     let config = config(args, file)?;
+    // Before the manager starts, so that a signal that comes while it starts is not lost
+    // (it is kept and handled as soon as the manager runs).
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing the signal handlers")?;
     let (node, rm, cores) = (
         config.node_name.clone(),
         config.resource_manager.clone(),
@@ -110,7 +120,17 @@ pub fn run(args: &ExecutorManagerArgs, file: &ConfigFile) -> anyhow::Result<()> 
          registering with the resource manager at {rm}",
         manager.advertised()
     );
-    loop {
-        std::thread::park();
-    }
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let name = if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    let running = manager.running().len();
+    eprintln!(
+        "rafi executor-manager: {name}: stopping {running} executor(s) and ending their leases"
+    );
+    manager.shutdown();
+    eprintln!("rafi executor-manager: node {node} shut down cleanly");
+    Ok(())
 }
