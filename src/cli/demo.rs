@@ -8,10 +8,13 @@ use rafi::client::Allocation;
 use rafi::fabric::Fabric;
 
 /// Runs the demo on `a`. With `examples` the allocation holds the C example functions
-/// (`echo`, `blackscholes`, `matmul`), else only the built-ins.
-pub fn run<F: Fabric>(a: &mut Allocation<F>, examples: bool) -> anyhow::Result<()> {
+/// (`echo`, `blackscholes`, `matmul`), else only the built-ins. Returns how many
+/// invocations ran a function (what the executor bills).
+pub fn run<F: Fabric>(a: &mut Allocation<F>, examples: bool) -> anyhow::Result<u64> {
+    let mut calls = 0u64;
     let echo = if examples { "echo" } else { "rafi.echo" };
     let out = a.invoke(echo, b"hello from rafi")?;
+    calls += 1;
     println!(
         "  {echo}(\"hello from rafi\") = {:?}",
         String::from_utf8_lossy(&out)
@@ -24,6 +27,7 @@ pub fn run<F: Fabric>(a: &mut Allocation<F>, examples: bool) -> anyhow::Result<(
         let t0 = Instant::now();
         let out = a.invoke("blackscholes", &input)?;
         let took = t0.elapsed();
+        calls += 1;
         let prices = f64s(&out);
         let worst = prices
             .iter()
@@ -44,6 +48,7 @@ pub fn run<F: Fabric>(a: &mut Allocation<F>, examples: bool) -> anyhow::Result<(
         let m = 32;
         let (input, expected) = matmul_tile(m);
         let product = f64s(&a.invoke("matmul", &input)?);
+        calls += 1;
         println!(
             "  matmul: {m}x{m} tile, C[0][0] = {}, exact: {}",
             product[0],
@@ -53,6 +58,8 @@ pub fn run<F: Fabric>(a: &mut Allocation<F>, examples: bool) -> anyhow::Result<(
             bail!("matmul results differ from the local computation");
         }
         // An error is a status; the worker goes on.
+        // The function runs (and refuses the input): a billed invocation too.
+        calls += 1;
         match a.invoke("blackscholes", b"not an option batch") {
             Err(e) => println!("  blackscholes(garbage) -> {e} (the worker keeps serving)"),
             Ok(_) => bail!("garbage input was accepted"),
@@ -70,6 +77,7 @@ pub fn run<F: Fabric>(a: &mut Allocation<F>, examples: bool) -> anyhow::Result<(
         }
     })?;
     let took = t0.elapsed();
+    calls += inputs.len() as u64;
     println!(
         "  fan-out: {ok} of {} invocations correct over {} worker(s), {:.2} M invocations/s",
         inputs.len(),
@@ -89,6 +97,7 @@ pub fn run<F: Fabric>(a: &mut Allocation<F>, examples: bool) -> anyhow::Result<(
             samples.push(t0.elapsed());
         }
     }
+    calls += 30_000;
     samples.sort();
     let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     println!(
@@ -97,7 +106,7 @@ pub fn run<F: Fabric>(a: &mut Allocation<F>, examples: bool) -> anyhow::Result<(
         nanos(pct(0.99)),
         samples.len()
     );
-    Ok(())
+    Ok(calls)
 }
 
 fn nanos(d: Duration) -> u128 {

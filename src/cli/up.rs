@@ -196,7 +196,7 @@ impl FabricUser for Demo<'_> {
             leased.allocation.workers(),
             self.mode
         );
-        super::demo::run(&mut leased.allocation, self.examples)?;
+        let calls = super::demo::run(&mut leased.allocation, self.examples)?;
         drop(leased);
         let status = leases.release(lease.lease).context("releasing the lease")?;
         println!("  lease {} released ({:?})", lease.lease, status.state);
@@ -212,12 +212,12 @@ impl FabricUser for Demo<'_> {
                 None,
             )?)
         };
-        let deadline = Instant::now() + std::time::Duration::from_secs(3);
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
         let mut usage = fetch()?;
         while Instant::now() < deadline
             && !usage
                 .iter()
-                .any(|u| u.lease == lease.lease && u.invocations > 0)
+                .any(|u| u.lease == lease.lease && u.invocations >= calls)
         {
             std::thread::sleep(std::time::Duration::from_millis(100));
             usage = fetch()?;
