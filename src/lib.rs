@@ -39,3 +39,4 @@ pub mod executor;
 pub mod fabric;
 pub mod function;
 pub mod protocol;
+mod slot_link;

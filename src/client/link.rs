@@ -5,14 +5,14 @@
 use std::time::Duration;
 
 use crate::fabric::{
-    Access, CompletionChannel, CompletionQueue, Endpoint, Fabric, FabricError, MemoryRegion,
-    ProtectionDomain, QpConfig, QueuePair, RecvWr, RemoteAddr, SendOp, SendWr, SlotRegion,
-    WcOpcode, WorkCompletion,
+    CompletionChannel, CompletionQueue, Endpoint, Fabric, FabricError, QueuePair, RemoteAddr,
+    SendOp, SendWr, WcOpcode, WorkCompletion,
 };
 use crate::protocol::{
     ClientConnection, ClientWorker, PrepareError, RegionDesc, RequestHeader, SlotGeometry,
     HEADER_LEN,
 };
+use crate::slot_link::SlotLink;
 
 use super::error::InvokeError;
 
@@ -29,18 +29,10 @@ pub(crate) struct Event {
 }
 
 pub(crate) struct ClientLink<F: Fabric> {
-    qp: F::Qp,
-    cq: F::Cq,
+    /// The queue pair, response slots (incoming) and request staging.
+    slots: SlotLink<F>,
     pub(crate) channel: F::Channel,
-    responses: SlotRegion<F::Mr>,
-    staging: SlotRegion<F::Mr>,
     state: ClientConnection,
-    requests: RemoteAddr,
-    max_inline: usize,
-    /// Sends since the last signaled one: one in `signal_every` asks for a completion,
-    /// which (on verbs) also frees the send-queue entries of the unsignaled ones before it.
-    unsignaled: u32,
-    signal_every: u32,
     /// Completions polled but not handled yet.
     polled: [WorkCompletion; POLL_BATCH],
     polled_next: usize,
@@ -61,64 +53,25 @@ impl<F: Fabric> ClientLink<F> {
         function_count: u32,
         first_id: std::num::NonZeroU64,
     ) -> Result<Self, FabricError> {
-        let slots = geometry.slots() as usize;
-        let slot_size = geometry.slot_size() as usize;
-        let max_inline = fabric.max_inline_data().min(256);
-        // A send's completion may still be unpolled when the answer to it has arrived and
-        // the slot is reused: room for two sends per slot. The queue holds those and a
-        // receive per slot.
-        let config = QpConfig {
-            max_send_wr: 2 * geometry.slots(),
-            max_recv_wr: geometry.slots(),
-            max_sge: 1,
-            max_inline_data: max_inline,
-            ..QpConfig::default()
-        };
         let channel = fabric.create_channel()?;
-        let cq = fabric.create_cq(3 * geometry.slots(), Some(&channel))?;
-        let qp = pd.create_qp(&cq, &cq, config)?;
-        let responses = SlotRegion::register(
-            pd,
-            slots,
-            slot_size,
-            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
-        )?;
-        let staging = SlotRegion::register(pd, slots, slot_size, Access::LOCAL_WRITE)?;
-        let mut link = Self {
-            qp,
-            cq,
+        Ok(Self {
+            slots: SlotLink::create(fabric, pd, &channel, geometry)?,
             channel,
-            responses,
-            staging,
             state: ClientConnection::with_first_id(geometry, function_count, first_id),
-            requests: RemoteAddr::default(),
-            max_inline: max_inline as usize,
-            unsignaled: 0,
-            signal_every: (geometry.slots() / 2).max(1),
             polled: [WorkCompletion::default(); POLL_BATCH],
             polled_next: 0,
             polled_len: 0,
             dead: None,
             #[cfg(feature = "tokio")]
             async_fd: None,
-        };
-        for _ in 0..slots {
-            link.post_receive()
-                .map_err(|e| FabricError::Config(format!("posting receives: {e}")))?;
-        }
-        Ok(link)
+        })
     }
 
     /// What the hello tells the executor about this connection.
     pub(crate) fn describe(&self) -> ClientWorker {
-        let r = self.responses.region();
         ClientWorker {
-            endpoint: self.qp.endpoint(),
-            response_region: RegionDesc {
-                addr: r.addr(),
-                rkey: r.rkey(),
-                len: r.len() as u64,
-            },
+            endpoint: self.slots.endpoint(),
+            response_region: self.slots.incoming_region(),
         }
     }
 
@@ -127,11 +80,7 @@ impl<F: Fabric> ClientLink<F> {
         executor: &Endpoint,
         requests: RegionDesc,
     ) -> Result<(), FabricError> {
-        self.requests = RemoteAddr {
-            addr: requests.addr,
-            rkey: requests.rkey,
-        };
-        self.qp.connect(executor)
+        self.slots.connect(executor, requests)
     }
 
     pub(crate) fn max_payload(&self) -> usize {
@@ -154,7 +103,7 @@ impl<F: Fabric> ClientLink<F> {
     pub(crate) fn kill(&mut self, error: InvokeError) {
         if self.dead.is_none() {
             self.dead = Some(error);
-            self.qp.set_error();
+            self.slots.qp.set_error();
         }
     }
 
@@ -174,7 +123,7 @@ impl<F: Fabric> ClientLink<F> {
         let prepared = self.state.prepare(function, 0).map_err(prepare_error)?;
         let slot = prepared.slot as usize;
         let max = self.max_payload();
-        let area = &mut self.staging.staging_mut(slot, HEADER_LEN + max)[HEADER_LEN..];
+        let area = &mut self.slots.staging.staging_mut(slot, HEADER_LEN + max)[HEADER_LEN..];
         let encoded = match encode(area) {
             Ok(len) if len > max => Err(InvokeError::PayloadTooLarge { len, max }),
             other => other,
@@ -194,25 +143,10 @@ impl<F: Fabric> ClientLink<F> {
         }
         .encode();
         let write_len = HEADER_LEN + len;
-        self.staging.staging_mut(slot, HEADER_LEN)[..].copy_from_slice(&header);
-        let op = SendOp::WriteWithImm {
-            remote: RemoteAddr {
-                addr: self.requests.addr + prepared.remote_offset,
-                rkey: self.requests.rkey,
-            },
-            imm: prepared.imm,
-        };
-        let signaled = self.unsignaled + 1 >= self.signal_every;
-        self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
-        let posted = if write_len <= self.max_inline {
-            let message = &self.staging.staging_mut(slot, write_len)[..];
-            self.qp
-                .post_send(&signal(SendWr::inline(slot as u64, op, message), signaled))
-        } else {
-            let sge = [self.staging.sge(slot, write_len)];
-            self.qp
-                .post_send(&signal(SendWr::new(slot as u64, op, &sge), signaled))
-        };
+        self.slots.staging.staging_mut(slot, HEADER_LEN)[..].copy_from_slice(&header);
+        let posted = self
+            .slots
+            .send(slot, write_len, prepared.remote_offset, prepared.imm);
         if let Err(e) = posted {
             let _ = self.state.cancel(prepared.slot, prepared.id);
             let error = InvokeError::gone_on_post(e);
@@ -246,8 +180,8 @@ impl<F: Fabric> ClientLink<F> {
         bytes: &[u8],
         imm: u32,
     ) -> Result<(), InvokeError> {
-        let slot_size = self.staging.slot_size();
-        if slot as usize >= self.staging.slots() || bytes.len() > slot_size {
+        let slot_size = self.slots.staging.slot_size();
+        if slot as usize >= self.slots.staging.slots() || bytes.len() > slot_size {
             return Err(InvokeError::PayloadTooLarge {
                 len: bytes.len(),
                 max: slot_size,
@@ -258,18 +192,20 @@ impl<F: Fabric> ClientLink<F> {
             self.settle_stray(&event);
         }
         // Staging slot 0 is borrowed for the message; a test does nothing else meanwhile.
-        self.staging
+        self.slots
+            .staging
             .staging_mut(0, bytes.len())
             .copy_from_slice(bytes);
-        let sge = [self.staging.sge(0, bytes.len())];
+        let sge = [self.slots.staging.sge(0, bytes.len())];
         let op = SendOp::WriteWithImm {
             remote: RemoteAddr {
-                addr: self.requests.addr + slot as u64 * slot_size as u64,
-                rkey: self.requests.rkey,
+                addr: self.slots.peer().addr + slot as u64 * slot_size as u64,
+                rkey: self.slots.peer().rkey,
             },
             imm,
         };
-        self.qp
+        self.slots
+            .qp
             .post_send(&SendWr::new(
                 u64::MAX,
                 op,
@@ -286,7 +222,7 @@ impl<F: Fabric> ClientLink<F> {
                 return Err(e.clone());
             }
             if self.polled_next == self.polled_len {
-                self.polled_len = self.cq.poll(&mut self.polled);
+                self.polled_len = self.slots.cq.poll(&mut self.polled);
                 self.polled_next = 0;
                 if self.polled_len == 0 {
                     return Ok(None);
@@ -301,7 +237,7 @@ impl<F: Fabric> ClientLink<F> {
             if wc.opcode != WcOpcode::RecvRdmaWithImm {
                 continue; // a request's send completion: its entry is free again
             }
-            if let Err(e) = self.post_receive() {
+            if let Err(e) = self.slots.post_receive() {
                 self.kill(InvokeError::gone_on_post(e));
                 continue;
             }
@@ -312,11 +248,11 @@ impl<F: Fabric> ClientLink<F> {
     }
 
     fn take_response(&mut self, imm: u32, len: usize) -> Option<Event> {
-        let slot_size = self.responses.slot_size();
+        let slot_size = self.slots.incoming.slot_size();
         let slot = (imm & 0xffff) as usize;
-        let bytes = if slot < self.responses.slots() {
-            self.responses.prefetch(slot, len);
-            self.responses.incoming(slot, len.min(slot_size))
+        let bytes = if slot < self.slots.incoming.slots() {
+            self.slots.incoming.prefetch(slot, len);
+            self.slots.incoming.incoming(slot, len.min(slot_size))
         } else {
             &[]
         };
@@ -343,7 +279,10 @@ impl<F: Fabric> ClientLink<F> {
 
     /// The output of a successful invocation, in place in its response slot.
     pub(crate) fn output(&self, slot: u16, len: usize) -> &[u8] {
-        &self.responses.incoming(slot as usize, HEADER_LEN + len)[HEADER_LEN..]
+        &self
+            .slots
+            .incoming
+            .incoming(slot as usize, HEADER_LEN + len)[HEADER_LEN..]
     }
 
     /// Settles the end of an invocation nobody waits for any more (its future was
@@ -367,7 +306,7 @@ impl<F: Fabric> ClientLink<F> {
 
     /// Arms the completion queue before sleeping on the channel; afterwards poll once more.
     pub(crate) fn arm(&mut self) {
-        self.cq.arm();
+        self.slots.cq.arm();
     }
 
     /// Sleeps on the channel (blocking API) for at most `timeout`.
@@ -376,15 +315,11 @@ impl<F: Fabric> ClientLink<F> {
         if self.polled_next < self.polled_len {
             return;
         }
-        self.polled_len = self.cq.poll(&mut self.polled);
+        self.polled_len = self.slots.cq.poll(&mut self.polled);
         self.polled_next = 0;
         if self.polled_len == 0 {
             let _ = self.channel.get_event(Some(timeout));
         }
-    }
-
-    fn post_receive(&mut self) -> Result<(), crate::fabric::PostError> {
-        self.qp.post_recv(&RecvWr { wr_id: 0, sgl: &[] })
     }
 }
 
@@ -398,15 +333,5 @@ fn prepare_error(e: PrepareError) -> InvokeError {
         PrepareError::IdsExhausted => {
             InvokeError::ExecutorGone("the connection has used all its invocation ids".into())
         }
-    }
-}
-
-/// `wr`, unsignaled unless `signaled`.
-#[inline]
-fn signal(wr: SendWr<'_>, signaled: bool) -> SendWr<'_> {
-    if signaled {
-        wr
-    } else {
-        wr.unsignaled()
     }
 }

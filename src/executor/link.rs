@@ -4,13 +4,11 @@
 
 use std::sync::Arc;
 
-use crate::fabric::{
-    Access, Fabric, FabricError, MemoryRegion, ProtectionDomain, QpConfig, QueuePair, RecvWr,
-    RemoteAddr, SendOp, SendWr, SlotRegion, WcOpcode, WorkCompletion,
-};
+use crate::fabric::{Fabric, FabricError, QueuePair, WcOpcode, WorkCompletion};
 use crate::protocol::{
     ExecutorConnection, RegionDesc, RequestImm, SlotGeometry, Status, HEADER_LEN,
 };
+use crate::slot_link::SlotLink;
 
 use super::catalog::{call_target, Catalog, Outcome, Target};
 use crate::fabric::cycles::cycles;
@@ -55,23 +53,15 @@ pub(crate) struct LinkPlan {
 pub(crate) struct ExecutorLink<F: Fabric> {
     /// Which allocation this link belongs to (to tear its links down together).
     pub(crate) client: u64,
-    qp: F::Qp,
-    pub(crate) cq: F::Cq,
-    requests: SlotRegion<F::Mr>,
-    staging: SlotRegion<F::Mr>,
+    /// The queue pair, request slots (incoming) and response staging.
+    pub(crate) slots: SlotLink<F>,
     state: ExecutorConnection,
     /// Connection function index → the function it calls.
     functions: Arc<[Target]>,
     /// Libraries the client shipped with the allocation, if any.
     shipped: Option<Arc<FunctionTable>>,
-    responses: RemoteAddr,
     /// With private inputs: each request is copied here before it is validated.
     private: Option<Box<[u8]>>,
-    max_inline: usize,
-    /// Sends since the last signaled one: one in `signal_every` asks for a completion,
-    /// which (on verbs) also frees the send-queue entries of the unsignaled ones before it.
-    unsignaled: u32,
-    signal_every: u32,
     /// Requests answered and requests dropped unanswerable, for the executor's report.
     pub(crate) served: u64,
     pub(crate) dropped: u64,
@@ -96,64 +86,26 @@ impl<F: Fabric> ExecutorLink<F> {
         } = *plan;
         let functions = functions.clone();
         let shipped = shipped.clone();
-        let slots = geometry.slots() as usize;
         let slot_size = geometry.slot_size() as usize;
-        let max_inline = fabric.max_inline_data().min(256);
-        // A send's completion may still be unpolled when the answer to it has arrived and
-        // the slot is reused: room for two sends per slot. The queue holds those and a
-        // receive per slot.
-        let config = QpConfig {
-            max_send_wr: 2 * geometry.slots(),
-            max_recv_wr: geometry.slots(),
-            max_sge: 1,
-            max_inline_data: max_inline,
-            ..QpConfig::default()
-        };
-        let cq = fabric.create_cq(3 * geometry.slots(), Some(channel))?;
-        let qp = pd.create_qp(&cq, &cq, config)?;
-        let requests = SlotRegion::register(
-            pd,
-            slots,
-            slot_size,
-            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
-        )?;
-        let staging = SlotRegion::register(pd, slots, slot_size, Access::LOCAL_WRITE)?;
-        let mut link = Self {
+        Ok(Self {
             client,
-            qp,
-            cq,
-            requests,
-            staging,
+            slots: SlotLink::create(fabric, pd, channel, geometry)?,
             state: ExecutorConnection::new(geometry, functions.len() as u32),
             functions,
             shipped,
-            responses: RemoteAddr::default(),
             private: private_inputs.then(|| vec![0u8; slot_size].into_boxed_slice()),
-            max_inline: max_inline as usize,
-            unsignaled: 0,
-            signal_every: (geometry.slots() / 2).max(1),
             served: 0,
             dropped: 0,
-        };
-        for _ in 0..slots {
-            link.post_receive()
-                .map_err(|e| FabricError::Config(format!("posting receives: {e}")))?;
-        }
-        Ok(link)
+        })
     }
 
     /// Where the client writes requests: the request region.
     pub(crate) fn request_region(&self) -> RegionDesc {
-        let r = self.requests.region();
-        RegionDesc {
-            addr: r.addr(),
-            rkey: r.rkey(),
-            len: r.len() as u64,
-        }
+        self.slots.incoming_region()
     }
 
     pub(crate) fn endpoint(&self) -> crate::fabric::Endpoint {
-        self.qp.endpoint()
+        self.slots.endpoint()
     }
 
     /// Connects to the client's queue pair and response region.
@@ -162,11 +114,7 @@ impl<F: Fabric> ExecutorLink<F> {
         client: &crate::fabric::Endpoint,
         responses: RegionDesc,
     ) -> Result<(), FabricError> {
-        self.responses = RemoteAddr {
-            addr: responses.addr,
-            rkey: responses.rkey,
-        };
-        self.qp.connect(client)
+        self.slots.connect(client, responses)
     }
 
     /// Handles the completions in `wcs`: runs each request and posts its response.
@@ -181,7 +129,7 @@ impl<F: Fabric> ExecutorLink<F> {
                 return Err(LinkEnd::Completion(*wc));
             }
             if wc.opcode == WcOpcode::RecvRdmaWithImm {
-                self.post_receive().map_err(LinkEnd::Post)?;
+                self.slots.post_receive().map_err(LinkEnd::Post)?;
                 self.serve(wc.imm.unwrap_or(0), wc.byte_len as usize, catalog, tally)?;
             }
             // Send completions only free send-queue entries: nothing to do.
@@ -197,17 +145,17 @@ impl<F: Fabric> ExecutorLink<F> {
         catalog: &C,
         tally: &mut Tally,
     ) -> Result<(), LinkEnd> {
-        let slot_size = self.requests.slot_size();
+        let slot_size = self.slots.incoming.slot_size();
         // The slot comes from the immediate; `on_request` re-checks it and refuses what
         // is out of range before reading a byte, so an impossible slot reads nothing.
         let slot = RequestImm::decode(imm)
             .map(|i| i.slot() as usize)
             .ok()
-            .filter(|&s| s < self.requests.slots());
+            .filter(|&s| s < self.slots.incoming.slots());
         let bytes = match slot {
             Some(s) => {
-                self.requests.prefetch(s, len);
-                let incoming = self.requests.incoming(s, len.min(slot_size));
+                self.slots.incoming.prefetch(s, len);
+                let incoming = self.slots.incoming.incoming(s, len.min(slot_size));
                 match self.private.as_deref_mut() {
                     Some(private) => {
                         let copy = &mut private[..incoming.len()];
@@ -222,7 +170,7 @@ impl<F: Fabric> ExecutorLink<F> {
         let (slot, id, status, error_code, output_len) = match self.state.on_request(imm, bytes) {
             Ok(req) => {
                 let output =
-                    &mut self.staging.staging_mut(req.slot as usize, slot_size)[HEADER_LEN..];
+                    &mut self.slots.staging.staging_mut(req.slot as usize, slot_size)[HEADER_LEN..];
                 let target = self.functions[req.function as usize];
                 let shipped = self.shipped.as_deref();
                 // Busy time: the function call alone, timed with the cycle counter (no
@@ -257,34 +205,17 @@ impl<F: Fabric> ExecutorLink<F> {
             .encode_response(slot, id, status, error_code, output_len)
             .expect("the slot owes exactly this response");
         let slot = slot as usize;
-        let message = self.staging.staging_mut(slot, response.write_len);
+        let message = self.slots.staging.staging_mut(slot, response.write_len);
         message[..HEADER_LEN].copy_from_slice(&response.header);
-        let op = SendOp::WriteWithImm {
-            remote: RemoteAddr {
-                addr: self.responses.addr + response.remote_offset,
-                rkey: self.responses.rkey,
-            },
-            imm: response.imm,
-        };
-        let signaled = self.unsignaled + 1 >= self.signal_every;
-        self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
-        let posted = if response.write_len <= self.max_inline {
-            let message = &self.staging.staging_mut(slot, response.write_len)[..];
-            self.qp
-                .post_send(&signal(SendWr::inline(slot as u64, op, message), signaled))
-        } else {
-            let sge = [self.staging.sge(slot, response.write_len)];
-            self.qp
-                .post_send(&signal(SendWr::new(slot as u64, op, &sge), signaled))
-        };
+        let posted = self.slots.send(
+            slot,
+            response.write_len,
+            response.remote_offset,
+            response.imm,
+        );
         posted.map_err(LinkEnd::Post)?;
         self.served += 1;
         Ok(())
-    }
-
-    fn post_receive(&mut self) -> Result<(), crate::fabric::PostError> {
-        // WRITE_WITH_IMM lands in the request slot: the receive only carries the immediate.
-        self.qp.post_recv(&RecvWr { wr_id: 0, sgl: &[] })
     }
 }
 
@@ -292,18 +223,8 @@ impl<F: Fabric> std::fmt::Debug for ExecutorLink<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExecutorLink")
             .field("client", &self.client)
-            .field("qp", &self.qp.qp_num())
+            .field("qp", &self.slots.qp.qp_num())
             .field("served", &self.served)
             .finish()
-    }
-}
-
-/// `wr`, unsignaled unless `signaled`.
-#[inline]
-fn signal(wr: SendWr<'_>, signaled: bool) -> SendWr<'_> {
-    if signaled {
-        wr
-    } else {
-        wr.unsignaled()
     }
 }

@@ -209,7 +209,7 @@ fn admit<F: Fabric, C: Catalog>(
     for (&w, mut link) in assigned.iter().zip(links) {
         // Armed before the hand-over: a worker asleep on its channel wakes on this link's
         // first request even before it has looked at its inbox.
-        link.cq.arm();
+        link.slots.cq.arm();
         shared.workers[w].send(Command::Add(Box::new(link)));
     }
     write_message(

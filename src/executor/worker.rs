@@ -189,7 +189,7 @@ impl<F: Fabric, C: Catalog> Worker<F, C> {
         let mut i = 0;
         while i < self.links.len() {
             let link = &mut self.links[i];
-            let n = link.cq.poll(wcs);
+            let n = link.slots.cq.poll(wcs);
             if n == 0 {
                 i += 1;
                 continue;
@@ -216,7 +216,7 @@ impl<F: Fabric, C: Catalog> Worker<F, C> {
     #[cold]
     fn sleep(&mut self, wcs: &mut [WorkCompletion; POLL_BATCH]) {
         for link in &mut self.links {
-            link.cq.arm();
+            link.slots.cq.arm();
         }
         // A request that arrived before arming signalled nobody: look once more.
         if self.poll_all(wcs) || self.pending.load(Ordering::Acquire) {
