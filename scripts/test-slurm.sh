@@ -38,7 +38,19 @@ export SLURM_CONF=$D/slurm.conf
 pids=()
 # Ports: the controller, three slurmd, the resource manager, then the managers. A base
 # from the PID, so that two runs on one host do not collide (SLURM_TEST_PORT_BASE to pick).
-base=${SLURM_TEST_PORT_BASE:-$((20000 + ($$ % 2000) * 10))}
+# Below the kernel's ephemeral range (32768 and up), where an outgoing connection's local
+# port could hold one of ours; and free right now (ss, from iproute2).
+ports_free() {
+    ! ss -Htan 2>/dev/null | awk -v lo="$1" -v hi="$(($1 + 9))" \
+        '{ n = split($4, a, ":"); p = a[n] + 0; if (p >= lo && p <= hi) found = 1 } END { exit !found }'
+}
+base=${SLURM_TEST_PORT_BASE:-}
+if [ -z "$base" ]; then
+    for try in $(seq 0 99); do
+        base=$((20000 + (($$ + try * 37) % 1200) * 10))
+        ports_free "$base" && break
+    done
+fi
 rm_addr=127.0.0.1:$((base + 5))
 nodes=3
 
@@ -217,7 +229,8 @@ manager_pid() {
 children() {
     local f stat
     for f in /proc/[0-9]*/stat; do
-        stat=$(<"$f") 2>/dev/null || continue
+        # A process may end between the glob and the read.
+        { stat=$(<"$f"); } 2>/dev/null || continue
         stat=${stat##*) }
         read -r _ ppid _ <<<"$stat"
         if [ "$ppid" = "$1" ]; then
