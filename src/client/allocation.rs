@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::{read_message, write_message, ControlError};
 use crate::fabric::Fabric;
-use crate::protocol::{ClientHello, ControlMessage, HandshakeError, LibraryDesc};
+use crate::protocol::{ClientHello, ControlMessage, LibraryDesc};
 use rafi_function::rkyv;
 
 use super::error::{AllocateError, InvokeError};
@@ -104,17 +104,7 @@ impl<F: Fabric> Allocation<F> {
         for (link, theirs) in links.iter_mut().zip(&reply.workers) {
             link.connect(&theirs.endpoint, theirs.request_region)?;
         }
-        match read_message(&mut reader)? {
-            ControlMessage::Ready { .. } => {}
-            ControlMessage::Error(e) => return Err(e.into_error().into()),
-            other => {
-                return Err(HandshakeError::UnexpectedMessage {
-                    expected: "ready",
-                    found: other.kind(),
-                }
-                .into())
-            }
-        }
+        read_message(&mut reader)?.into_ready()?;
         // From here on the control connection is only watched for the executor's end.
         control.set_nonblocking(true).map_err(ControlError::Io)?;
         let owners = links

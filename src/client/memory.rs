@@ -170,17 +170,7 @@ impl<F: Fabric> RemoteMemory<F> {
             detail: "memory requested, none granted".into(),
         })?;
         qp.connect(&grant.endpoint)?;
-        match read_message(&mut reader)? {
-            ControlMessage::Ready { .. } => {}
-            ControlMessage::Error(e) => return Err(e.into_error().into()),
-            other => {
-                return Err(HandshakeError::UnexpectedMessage {
-                    expected: "ready",
-                    found: other.kind(),
-                }
-                .into())
-            }
-        }
+        read_message(&mut reader)?.into_ready()?;
         // From here on the control connection is only watched for the executor's end.
         control.set_nonblocking(true).map_err(ControlError::Io)?;
         Ok(Self {
@@ -234,10 +224,7 @@ impl<F: Fabric> RemoteMemory<F> {
                 self.complete("put")?;
                 in_flight -= 1;
             }
-            let at = (i % DEPTH) * self.chunk;
-            self.staging.region().write(at, chunk);
-            let remote = self.remote_at(offset + (i * self.chunk) as u64);
-            self.post(SendOp::Write { remote }, at, chunk.len())?;
+            self.post_put_chunk(offset, i, chunk)?;
             in_flight += 1;
         }
         for _ in 0..in_flight {
@@ -263,11 +250,7 @@ impl<F: Fabric> RemoteMemory<F> {
                 posted += 1;
             }
             self.complete("get")?;
-            let start = k * chunk;
-            let end = (start + chunk).min(out.len());
-            self.staging
-                .region()
-                .read((k % DEPTH) * chunk, &mut out[start..end]);
+            self.copy_got_chunk(k, out);
         }
         Ok(())
     }
@@ -279,9 +262,7 @@ impl<F: Fabric> RemoteMemory<F> {
     /// [`MemoryError::NotPermitted`] without atomic access, [`MemoryError::OutOfBounds`],
     /// [`MemoryError::Misaligned`] (all before anything is sent); a failed operation.
     pub fn fetch_add(&mut self, offset: u64, add: u64) -> Result<u64, MemoryError> {
-        self.check_atomic("fetch-add", offset)?;
-        let remote = self.remote_at(offset);
-        self.post(SendOp::FetchAdd { remote, add }, 0, 8)?;
+        self.post_fetch_add(offset, add)?;
         self.complete("fetch-add")?;
         Ok(self.atomic_result())
     }
@@ -298,14 +279,7 @@ impl<F: Fabric> RemoteMemory<F> {
         expected: u64,
         new: u64,
     ) -> Result<u64, MemoryError> {
-        self.check_atomic("compare-swap", offset)?;
-        let remote = self.remote_at(offset);
-        let op = SendOp::CmpSwap {
-            remote,
-            compare: expected,
-            swap: new,
-        };
-        self.post(op, 0, 8)?;
+        self.post_compare_swap(offset, expected, new)?;
         self.complete("compare-swap")?;
         Ok(self.atomic_result())
     }
@@ -431,6 +405,48 @@ impl<F: Fabric> RemoteMemory<F> {
             });
         }
         Ok(())
+    }
+
+    // The steps the blocking and async operations share; they differ only in how they
+    // wait for completions.
+
+    /// Copies chunk `i` of a put into its staging slot and posts its WRITE.
+    fn post_put_chunk(&mut self, offset: u64, i: usize, chunk: &[u8]) -> Result<(), MemoryError> {
+        let at = (i % DEPTH) * self.chunk;
+        self.staging.region().write(at, chunk);
+        let remote = self.remote_at(offset + (i * self.chunk) as u64);
+        self.post(SendOp::Write { remote }, at, chunk.len())
+    }
+
+    /// Copies chunk `k` of a completed get from its staging slot into `out`.
+    fn copy_got_chunk(&self, k: usize, out: &mut [u8]) {
+        let start = k * self.chunk;
+        let end = (start + self.chunk).min(out.len());
+        self.staging
+            .region()
+            .read((k % DEPTH) * self.chunk, &mut out[start..end]);
+    }
+
+    fn post_fetch_add(&mut self, offset: u64, add: u64) -> Result<(), MemoryError> {
+        self.check_atomic("fetch-add", offset)?;
+        let remote = self.remote_at(offset);
+        self.post(SendOp::FetchAdd { remote, add }, 0, 8)
+    }
+
+    fn post_compare_swap(
+        &mut self,
+        offset: u64,
+        expected: u64,
+        new: u64,
+    ) -> Result<(), MemoryError> {
+        self.check_atomic("compare-swap", offset)?;
+        let remote = self.remote_at(offset);
+        let op = SendOp::CmpSwap {
+            remote,
+            compare: expected,
+            swap: new,
+        };
+        self.post(op, 0, 8)
     }
 
     fn check_atomic(&self, op: &'static str, offset: u64) -> Result<(), MemoryError> {
@@ -573,10 +589,7 @@ mod asynch {
                     self.complete_async("put").await?;
                     in_flight -= 1;
                 }
-                let at = (i % DEPTH) * self.chunk;
-                self.staging.region().write(at, chunk);
-                let remote = self.remote_at(offset + (i * self.chunk) as u64);
-                self.post(SendOp::Write { remote }, at, chunk.len())?;
+                self.post_put_chunk(offset, i, chunk)?;
                 in_flight += 1;
             }
             for _ in 0..in_flight {
@@ -600,11 +613,7 @@ mod asynch {
                     posted += 1;
                 }
                 self.complete_async("get").await?;
-                let start = k * chunk;
-                let end = (start + chunk).min(out.len());
-                self.staging
-                    .region()
-                    .read((k % DEPTH) * chunk, &mut out[start..end]);
+                self.copy_got_chunk(k, out);
             }
             Ok(())
         }
@@ -614,9 +623,7 @@ mod asynch {
         /// # Errors
         /// As [`RemoteMemory::fetch_add`].
         pub async fn fetch_add_async(&mut self, offset: u64, add: u64) -> Result<u64, MemoryError> {
-            self.check_atomic("fetch-add", offset)?;
-            let remote = self.remote_at(offset);
-            self.post(SendOp::FetchAdd { remote, add }, 0, 8)?;
+            self.post_fetch_add(offset, add)?;
             self.complete_async("fetch-add").await?;
             Ok(self.atomic_result())
         }
@@ -631,14 +638,7 @@ mod asynch {
             expected: u64,
             new: u64,
         ) -> Result<u64, MemoryError> {
-            self.check_atomic("compare-swap", offset)?;
-            let remote = self.remote_at(offset);
-            let op = SendOp::CmpSwap {
-                remote,
-                compare: expected,
-                swap: new,
-            };
-            self.post(op, 0, 8)?;
+            self.post_compare_swap(offset, expected, new)?;
             self.complete_async("compare-swap").await?;
             Ok(self.atomic_result())
         }

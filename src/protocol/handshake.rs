@@ -709,6 +709,22 @@ impl ControlMessage {
         }
     }
 
+    /// The executor's `ready` line, which ends a handshake.
+    ///
+    /// # Errors
+    /// [`HandshakeError::Refused`] (or the typed error an [`ErrorMessage`] maps to) and
+    /// [`HandshakeError::UnexpectedMessage`].
+    pub fn into_ready(self) -> Result<(), HandshakeError> {
+        match self {
+            ControlMessage::Ready { .. } => Ok(()),
+            ControlMessage::Error(e) => Err(e.into_error()),
+            other => Err(HandshakeError::UnexpectedMessage {
+                expected: "ready",
+                found: other.kind(),
+            }),
+        }
+    }
+
     /// The hello that opens a handshake.
     ///
     /// # Errors
