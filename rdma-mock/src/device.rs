@@ -108,8 +108,15 @@ pub(crate) enum Pending {
 #[derive(Default)]
 pub(crate) struct Registry {
     qps: Mutex<HashMap<u32, Weak<QpShared>>>,
-    accepted: Mutex<HashMap<u32, Accepted>>,
+    accepted: Mutex<HashMap<u32, Offer>>,
     accepted_cv: Condvar,
+}
+
+/// A link in the registry: offered (its QP is spoken for) and, once the agent has replied to
+/// the dialer, published (the QP's `connect` may take it).
+struct Offer {
+    accepted: Accepted,
+    published: bool,
 }
 
 impl Registry {
@@ -139,27 +146,45 @@ impl Registry {
             .remove(&qpn);
     }
 
-    /// Hands a link made by an agent to the QP's `connect`. Returns false (and drops the
-    /// link, closing its connection) if one is waiting already.
+    /// Speaks for `qpn` with a link made by an agent, so that a second dialer is refused.
+    /// Returns false (and drops the link, closing its connection) if one is there already.
+    /// The QP's `connect` cannot take the link until [`Registry::publish`]: the agent replies
+    /// to the dialer in between, and nothing of the QP's may reach the dialer before that
+    /// reply (on tcp the two share the connection).
     pub(crate) fn offer(&self, qpn: u32, accepted: Accepted) -> bool {
         let mut map = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
         if map.contains_key(&qpn) {
             return false;
         }
-        map.insert(qpn, accepted);
-        self.accepted_cv.notify_all();
+        let published = false;
+        map.insert(
+            qpn,
+            Offer {
+                accepted,
+                published,
+            },
+        );
         true
     }
 
-    /// Waits for the link an agent made for `qpn` from the expected peer.
+    /// Lets the QP's `connect` take the link offered for `qpn` by the given peer.
+    pub(crate) fn publish(&self, qpn: u32, peer_device: u64, peer_qpn: u32) {
+        let mut map = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(offer) = map.get_mut(&qpn) {
+            if offer.accepted.peer_device == peer_device && offer.accepted.peer_qpn == peer_qpn {
+                offer.published = true;
+                self.accepted_cv.notify_all();
+            }
+        }
+    }
+
     /// Withdraws the pending link of `qpn` from the given peer (its handshake failed after
     /// the offer); dropping it closes its connection.
     pub(crate) fn withdraw(&self, qpn: u32, peer_device: u64, peer_qpn: u32) {
         let mut map = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
-        if map
-            .get(&qpn)
-            .is_some_and(|a| a.peer_device == peer_device && a.peer_qpn == peer_qpn)
-        {
+        if map.get(&qpn).is_some_and(|o| {
+            o.accepted.peer_device == peer_device && o.accepted.peer_qpn == peer_qpn
+        }) {
             map.remove(&qpn);
         }
     }
@@ -176,12 +201,17 @@ impl Registry {
         let deadline = Instant::now() + timeout;
         let mut map = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(a) = map.remove(&qpn) {
-                if a.peer_device == peer.device && a.peer_qpn == peer.qpn {
-                    return Ok(a.link);
+            if let Some(offer) = map.get(&qpn) {
+                let a = &offer.accepted;
+                let expected = a.peer_device == peer.device && a.peer_qpn == peer.qpn;
+                if !expected {
+                    map.remove(&qpn); // a stray dialer: dropping its link closes its connection
+                    continue;
                 }
-                drop(a); // a stray dialer: close its connection
-                continue;
+                if offer.published {
+                    let offer = map.remove(&qpn).expect("looked up under the same lock");
+                    return Ok(offer.accepted.link);
+                }
             }
             let now = Instant::now();
             if now >= deadline {

@@ -652,6 +652,7 @@ fn handshake(agent: &Arc<AgentShared>, registry: &Registry, stream: UnixStream) 
         registry.withdraw(qp.qpn, hello.device, hello.qpn);
         return Err(e);
     }
+    registry.publish(qp.qpn, hello.device, hello.qpn);
     Ok(())
 }
 

@@ -328,11 +328,16 @@ fn accept(uid: u64, registry: &Registry, stream: TcpStream) -> io::Result<()> {
             &format!("queue pair {} is already being connected", hello.to_qpn),
         );
     }
+    #[cfg(test)]
+    std::thread::sleep(tests::reply_delay());
     let reply = Hello::of(&qp, uid, (hello.device, hello.qpn));
     if let Err(e) = (&stream).write_all(&reply.encode()) {
         registry.withdraw(qp.qpn, hello.device, hello.qpn);
         return Err(e);
     }
+    // Only now may the QP's `connect` take the connection: its first frame must follow
+    // our reply, or the dialer reads a frame where it expects the reply.
+    registry.publish(qp.qpn, hello.device, hello.qpn);
     Ok(())
 }
 
@@ -356,8 +361,16 @@ mod tests {
     use std::io::Read;
 
     use crate::{
-        Access, Device, DeviceConfig, Fabric, QpConfig, QpState, RecvWr, WcStatus, WorkCompletion,
+        Access, Device, DeviceConfig, Fabric, QpConfig, QpState, RecvWr, SendOp, SendWr, WcStatus,
+        WorkCompletion,
     };
+
+    /// How long the agent waits before its handshake reply: a test sets it to widen a race.
+    static REPLY_DELAY_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    pub(super) fn reply_delay() -> Duration {
+        Duration::from_micros(REPLY_DELAY_US.load(Ordering::Relaxed))
+    }
 
     fn device() -> (Device, crate::ProtectionDomain, crate::CompletionQueue) {
         let dev = Device::open(DeviceConfig::new(Fabric::Tcp)).expect("device");
@@ -458,6 +471,42 @@ mod tests {
         assert_eq!((wc[0].wr_id, wc[0].status), (7, WcStatus::WrFlushError));
         assert_eq!(qp.state(), QpState::Error);
         assert!(region.to_vec().iter().all(|&b| b == 0));
+    }
+
+    /// The accepting side may send the moment its `connect` returns: that first frame must
+    /// never reach the dialer ahead of the handshake reply it is still waiting for (it did
+    /// when the agent offered the link before replying, in about one connection of ten).
+    #[test]
+    fn a_frame_sent_right_after_connect_never_overtakes_the_handshake_reply() {
+        // The agent replies late, so the owner's connect and first send have all the time
+        // they need to overtake the reply, were they let through before it.
+        REPLY_DELAY_US.store(20_000, Ordering::Relaxed);
+        for round in 0..3 {
+            let (_dev, pd, cq) = device();
+            let mut qp = pd.create_qp(&cq, &cq, QpConfig::default()).expect("qp");
+            let ours = qp.endpoint();
+            // The fake dialer has the smallest identity, so our connect waits to be dialed.
+            let mut peer = ours.clone();
+            peer.device = 0;
+            peer.qpn = 0;
+            let owner = std::thread::spawn(move || {
+                qp.connect(&peer).expect("accepted the fake dialer");
+                qp.post_send(&SendWr::inline(1, SendOp::Send, b"first"))
+                    .expect("send");
+                qp
+            });
+            let stream = TcpStream::connect(&ours.address).expect("connect");
+            (&stream)
+                .write_all(&Hello::of_raw(0, 0, ours.device, ours.qpn).encode())
+                .expect("hello");
+            let reply = read_hello(&stream).expect("an answer");
+            assert!(reply.is_ok(), "round {round}: {reply:?}");
+            let mut kind = [0u8; 1];
+            (&stream).read_exact(&mut kind).expect("the first frame");
+            assert_eq!(kind[0], FRAME_REQUEST, "round {round}");
+            drop(owner.join().expect("owner"));
+        }
+        REPLY_DELAY_US.store(0, Ordering::Relaxed);
     }
 
     /// A stray dialer (another identity) sends a hello and then a WRITE before the QP's
