@@ -107,12 +107,14 @@ impl<F: Fabric> SlotLink<F> {
         self.qp.post_recv(&RecvWr { wr_id: 0, sgl: &[] })
     }
 
-    /// Writes the first `len` bytes of staging slot `slot` to `peer_offset` of the peer's
-    /// slots with immediate `imm`: inline when small, one send in `signal_every` signaled.
+    /// Writes `len` bytes of staging slot `slot` from byte `from` to `peer_offset` of the
+    /// peer's slots with immediate `imm`: inline when small, one send in `signal_every`
+    /// signaled.
     #[inline]
     pub(crate) fn send(
         &mut self,
         slot: usize,
+        from: usize,
         len: usize,
         peer_offset: u64,
         imm: u32,
@@ -127,11 +129,11 @@ impl<F: Fabric> SlotLink<F> {
         let signaled = self.unsignaled + 1 >= self.signal_every;
         self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
         if len <= self.max_inline {
-            let message = &self.staging.staging_mut(slot, len)[..];
+            let message = &self.staging.staging_mut(slot, from + len)[from..];
             self.qp
                 .post_send(&signal(SendWr::inline(slot as u64, op, message), signaled))
         } else {
-            let sge = [self.staging.sge(slot, len)];
+            let sge = [self.staging.sge_at(slot, from, len)];
             self.qp
                 .post_send(&signal(SendWr::new(slot as u64, op, &sge), signaled))
         }

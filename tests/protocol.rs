@@ -46,22 +46,38 @@ impl Wire {
         }
     }
 
-    /// The client's WRITE_WITH_IMM: header and payload land in the request slot, then the
-    /// completion reaches the executor.
+    /// The client's WRITE_WITH_IMM: the header (full form) and the payload land in the
+    /// request slot, then the completion reaches the executor.
     fn post_request(&mut self, p: &Prepared, payload: &[u8]) {
-        assert_eq!(p.write_len, HEADER_LEN + payload.len());
-        let at = p.remote_offset as usize;
-        self.requests[at..at + HEADER_LEN].copy_from_slice(&p.header);
-        self.requests[at + HEADER_LEN..at + p.write_len].copy_from_slice(payload);
+        let at = p.remote_offset as usize - p.local_offset;
+        match &p.header {
+            Some(header) => {
+                assert_eq!(
+                    (p.local_offset, p.write_len),
+                    (0, HEADER_LEN + payload.len())
+                );
+                self.requests[at..at + HEADER_LEN].copy_from_slice(header);
+            }
+            None => assert_eq!((p.local_offset, p.write_len), (HEADER_LEN, payload.len())),
+        }
+        self.requests[at + HEADER_LEN..at + HEADER_LEN + payload.len()].copy_from_slice(payload);
         self.to_executor.push_back((p.imm, p.write_len));
     }
 
     /// The executor's WRITE_WITH_IMM into the paired response slot.
     fn post_response(&mut self, r: &EncodedResponse, output: &[u8]) {
-        assert_eq!(r.write_len, HEADER_LEN + output.len());
-        let at = r.remote_offset as usize;
-        self.responses[at..at + HEADER_LEN].copy_from_slice(&r.header);
-        self.responses[at + HEADER_LEN..at + r.write_len].copy_from_slice(output);
+        let at = r.remote_offset as usize - r.local_offset;
+        match &r.header {
+            Some(header) => {
+                assert_eq!(
+                    (r.local_offset, r.write_len),
+                    (0, HEADER_LEN + output.len())
+                );
+                self.responses[at..at + HEADER_LEN].copy_from_slice(header);
+            }
+            None => assert_eq!((r.local_offset, r.write_len), (HEADER_LEN, output.len())),
+        }
+        self.responses[at + HEADER_LEN..at + HEADER_LEN + output.len()].copy_from_slice(output);
         self.to_client.push_back((r.imm, r.write_len));
     }
 
@@ -70,16 +86,62 @@ impl Wire {
         at..at + self.geometry.slot_size() as usize
     }
 
-    /// The request slot a request immediate names (clamped so that a bad index reads slot 0:
-    /// the state machine must refuse it from the immediate alone).
+    /// The request slot a request immediate names (clamped so that a bad index reads the
+    /// last slot: the state machine must refuse it from the immediate alone).
     fn request_slot(&self, imm: u32) -> &[u8] {
-        let slot = (imm as u16).min(self.geometry.slots() as u16 - 1);
+        let slot = RequestImm::decode(imm).map_or(u16::MAX, |r| r.slot());
+        let slot = slot.min(self.geometry.slots() as u16 - 1);
         &self.requests[self.slot_range(slot)]
     }
 
     fn response_slot(&self, imm: u32) -> &[u8] {
-        let slot = (imm as u16).min(self.geometry.slots() as u16 - 1);
+        let slot = ResponseImm::peek(imm).map_or(u16::MAX, |r| r.slot);
+        let slot = slot.min(self.geometry.slots() as u16 - 1);
         &self.responses[self.slot_range(slot)]
+    }
+}
+
+/// The state machines called with the whole of `bytes` as what the WRITE covered: the full
+/// form's reading (a compact immediate then takes all of `bytes` past the header as its
+/// payload). Round trips through [`Wire`] pass the real byte counts instead.
+trait WholeSlot {
+    fn on_request_all<'a>(&mut self, imm: u32, bytes: &'a [u8]) -> Result<Request<'a>, Rejection>;
+}
+
+impl WholeSlot for ExecutorConnection {
+    fn on_request_all<'a>(&mut self, imm: u32, bytes: &'a [u8]) -> Result<Request<'a>, Rejection> {
+        self.on_request(imm, bytes.len(), bytes)
+    }
+}
+
+trait WholeResponse {
+    fn on_response_all<'a>(
+        &mut self,
+        imm: u32,
+        bytes: &'a [u8],
+    ) -> Result<Completed<'a>, ResponseError>;
+    fn on_response_hold_all<'a>(
+        &mut self,
+        imm: u32,
+        bytes: &'a [u8],
+    ) -> Result<Completed<'a>, ResponseError>;
+}
+
+impl WholeResponse for ClientConnection {
+    fn on_response_all<'a>(
+        &mut self,
+        imm: u32,
+        bytes: &'a [u8],
+    ) -> Result<Completed<'a>, ResponseError> {
+        self.on_response(imm, bytes.len(), bytes)
+    }
+
+    fn on_response_hold_all<'a>(
+        &mut self,
+        imm: u32,
+        bytes: &'a [u8],
+    ) -> Result<Completed<'a>, ResponseError> {
+        self.on_response_hold(imm, bytes.len(), bytes)
     }
 }
 
@@ -133,45 +195,60 @@ impl Rng {
 
 #[test]
 fn request_and_response_round_trip_through_both_state_machines() {
-    let g = geometry(4, 1024);
-    let mut client = ClientConnection::new(g, 3);
-    let mut exec = ExecutorConnection::new(g, 3);
-    let mut wire = Wire::new(g);
-    for (function, len) in [(0u32, 0usize), (1, 1), (2, 17), (0, g.max_payload())] {
-        let payload: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
-        let p = client.prepare(function, len).unwrap();
-        wire.post_request(&p, &payload);
-        let (imm, byte_len) = wire.to_executor.pop_front().unwrap();
-        let at = wire.slot_range(p.slot).start;
-        // Either the whole slot or only the bytes written may be handed in.
-        for bytes in [wire.request_slot(imm), &wire.requests[at..at + byte_len]] {
-            let mut e = exec.clone();
-            let req = e.on_request(imm, bytes).unwrap();
+    for compact in [true, false] {
+        let g = geometry(4, 1024);
+        let mut client = ClientConnection::new(g, 3);
+        client.set_compact(compact);
+        let mut exec = ExecutorConnection::new(g, 3);
+        let mut wire = Wire::new(g);
+        for (function, len) in [(0u32, 0usize), (1, 1), (2, 17), (0, g.max_payload())] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            let p = client.prepare(function, len).unwrap();
+            assert_eq!(p.header.is_none(), compact);
+            wire.post_request(&p, &payload);
+            let (imm, byte_len) = wire.to_executor.pop_front().unwrap();
+            let at = wire.slot_range(p.slot).start;
+            let written = written_extent(imm, byte_len);
+            // Either the whole slot or only the bytes up to the end of the WRITE may be
+            // handed in.
+            for bytes in [wire.request_slot(imm), &wire.requests[at..at + written.end]] {
+                let mut e = exec.clone();
+                let req = e.on_request(imm, byte_len, bytes).unwrap();
+                assert_eq!(
+                    (req.slot, req.id, req.function, req.flags),
+                    (p.slot, p.id, function, 0)
+                );
+                assert_eq!(req.payload, &payload[..]);
+            }
+            let req = exec
+                .on_request(imm, byte_len, wire.request_slot(imm))
+                .unwrap();
+            let output: Vec<u8> = req.payload.iter().rev().copied().collect();
+            let r = exec
+                .encode_response(req.slot, req.id, Status::Ok, 0, output.len())
+                .unwrap();
             assert_eq!(
-                (req.slot, req.id, req.function, req.flags),
-                (p.slot, p.id, function, 0)
+                r.header.is_none(),
+                compact,
+                "answered in the request's form"
             );
-            assert_eq!(req.payload, &payload[..]);
+            assert_eq!(
+                (r.slot, r.id, r.remote_offset, r.local_offset),
+                (p.slot, p.id, p.remote_offset, p.local_offset)
+            );
+            wire.post_response(&r, &output);
+            let (imm, len) = wire.to_client.pop_front().unwrap();
+            let done = client
+                .on_response(imm, len, wire.response_slot(imm))
+                .unwrap();
+            assert_eq!(
+                (done.slot, done.id, done.status),
+                (p.slot, p.id, Status::Ok)
+            );
+            assert_eq!(done.error_code, 0);
+            assert_eq!(done.output, &output[..]);
+            assert_eq!((client.in_flight(), exec.pending()), (0, 0));
         }
-        let req = exec.on_request(imm, wire.request_slot(imm)).unwrap();
-        let output: Vec<u8> = req.payload.iter().rev().copied().collect();
-        let r = exec
-            .encode_response(req.slot, req.id, Status::Ok, 0, output.len())
-            .unwrap();
-        assert_eq!(
-            (r.slot, r.id, r.remote_offset),
-            (p.slot, p.id, p.remote_offset)
-        );
-        wire.post_response(&r, &output);
-        let (imm, _) = wire.to_client.pop_front().unwrap();
-        let done = client.on_response(imm, wire.response_slot(imm)).unwrap();
-        assert_eq!(
-            (done.slot, done.id, done.status),
-            (p.slot, p.id, Status::Ok)
-        );
-        assert_eq!(done.error_code, 0);
-        assert_eq!(done.output, &output[..]);
-        assert_eq!((client.in_flight(), exec.pending()), (0, 0));
     }
 }
 
@@ -184,8 +261,8 @@ fn every_status_reaches_the_client() {
     for status in Status::ALL {
         let p = client.prepare(0, 3).unwrap();
         wire.post_request(&p, b"abc");
-        let (imm, _) = wire.to_executor.pop_front().unwrap();
-        let req = exec.on_request(imm, wire.request_slot(imm)).unwrap();
+        let (imm, len) = wire.to_executor.pop_front().unwrap();
+        let req = exec.on_request(imm, len, wire.request_slot(imm)).unwrap();
         let code = if status == Status::FunctionError {
             -5
         } else {
@@ -196,9 +273,14 @@ fn every_status_reaches_the_client() {
             .encode_response(req.slot, req.id, status, code, diag.len())
             .unwrap();
         wire.post_response(&r, diag);
-        let (imm, _) = wire.to_client.pop_front().unwrap();
+        let (imm, len) = wire.to_client.pop_front().unwrap();
         assert_eq!(ResponseImm::decode(imm).unwrap().status(), status);
-        let done = client.on_response(imm, wire.response_slot(imm)).unwrap();
+        // A function error code needs the header: only that status takes the full form.
+        let compact = ResponseImm::peek(imm).unwrap().compact;
+        assert_eq!(compact, status != Status::FunctionError);
+        let done = client
+            .on_response(imm, len, wire.response_slot(imm))
+            .unwrap();
         assert_eq!(
             (done.status, done.error_code, done.output),
             (status, code, diag)
@@ -380,7 +462,7 @@ fn executor_rejects_what_cannot_be_answered() {
         ),
     ];
     for (imm, bytes, error) in cases {
-        let rej = e.on_request(imm, bytes).unwrap_err();
+        let rej = e.on_request_all(imm, bytes).unwrap_err();
         assert_eq!(rej.error(), &error, "{rej}");
         assert_eq!(rej.status(), Status::MalformedRequest);
         assert!(!rej.answerable());
@@ -388,15 +470,15 @@ fn executor_rejects_what_cannot_be_answered() {
         assert_eq!(e.pending(), 0, "no state change");
     }
     // Slot index known, id not: the rejection says so.
-    let rej = e.on_request(imm, &good[..10]).unwrap_err();
+    let rej = e.on_request_all(imm, &good[..10]).unwrap_err();
     assert_eq!((rej.slot(), rej.id()), (Some(1), None));
     let rej = e
-        .on_request(RequestImm::new(9, 7).encode(), &good)
+        .on_request_all(RequestImm::new(9, 7).encode(), &good)
         .unwrap_err();
     assert_eq!((rej.slot(), rej.id()), (None, None));
 
     // The real request goes through afterwards.
-    let req = e.on_request(imm, &good).unwrap();
+    let req = e.on_request_all(imm, &good).unwrap();
     assert_eq!((req.slot, req.id, req.payload), (1, 7, &b"abc"[..]));
 }
 
@@ -406,12 +488,12 @@ fn executor_refuses_busy_slots_and_replays() {
     let mut e = ExecutorConnection::new(g, 1);
     let first = request_bytes(256, header(1, 0, 0), b"");
     let second = request_bytes(256, header(3, 0, 0), b"");
-    e.on_request(RequestImm::new(0, 1).encode(), &first)
+    e.on_request_all(RequestImm::new(0, 1).encode(), &first)
         .unwrap();
     // The client overwrote slot 0 before its answer: refused, and slot 0 still owes the
     // answer to invocation 1.
     let rej = e
-        .on_request(RequestImm::new(0, 3).encode(), &second)
+        .on_request_all(RequestImm::new(0, 3).encode(), &second)
         .unwrap_err();
     assert_eq!(
         rej.error(),
@@ -426,7 +508,7 @@ fn executor_refuses_busy_slots_and_replays() {
     e.encode_response(0, 1, Status::Ok, 0, 0).unwrap();
     // A replay of invocation 1 is stale.
     let rej = e
-        .on_request(RequestImm::new(0, 1).encode(), &first)
+        .on_request_all(RequestImm::new(0, 1).encode(), &first)
         .unwrap_err();
     assert_eq!(
         rej.error(),
@@ -440,10 +522,10 @@ fn executor_refuses_busy_slots_and_replays() {
     // Ids are tracked per slot: slot 1 has seen nothing yet, so id 2 is fine there.
     let other = request_bytes(256, header(2, 0, 0), b"");
     let req = e
-        .on_request(RequestImm::new(1, 2).encode(), &other)
+        .on_request_all(RequestImm::new(1, 2).encode(), &other)
         .unwrap();
     assert_eq!(req.id, 2);
-    e.on_request(RequestImm::new(0, 3).encode(), &second)
+    e.on_request_all(RequestImm::new(0, 3).encode(), &second)
         .unwrap();
     assert_eq!(e.pending(), 2);
     // Once 3 has been answered in slot 0, a lower id there is stale too, although it is
@@ -451,7 +533,7 @@ fn executor_refuses_busy_slots_and_replays() {
     e.encode_response(0, 3, Status::Ok, 0, 0).unwrap();
     let two = request_bytes(256, header(2, 0, 0), b"");
     let rej = e
-        .on_request(RequestImm::new(0, 2).encode(), &two)
+        .on_request_all(RequestImm::new(0, 2).encode(), &two)
         .unwrap_err();
     assert_eq!(
         rej.error(),
@@ -554,7 +636,7 @@ fn executor_answers_malformed_requests_of_a_real_invocation() {
         let p = client.prepare(0, 0).unwrap();
         assert_eq!((p.slot, p.id), (0, id));
         let rej = e
-            .on_request(RequestImm::new(0, id).encode(), &bytes[..len])
+            .on_request_all(RequestImm::new(0, id).encode(), &bytes[..len])
             .unwrap_err();
         assert_eq!(rej.error(), &error, "{rej}");
         assert_eq!(
@@ -568,8 +650,11 @@ fn executor_answers_malformed_requests_of_a_real_invocation() {
             (r.slot, r.id, r.status, r.write_len),
             (0, id, status, HEADER_LEN)
         );
-        let resp = response_bytes(256, ResponseHeader::decode(&r.header).unwrap(), b"");
-        let done = client.on_response(r.imm, &resp).unwrap();
+        let header = r
+            .header
+            .expect("a full-form request gets a full-form answer");
+        let resp = response_bytes(256, ResponseHeader::decode(&header).unwrap(), b"");
+        let done = client.on_response_all(r.imm, &resp).unwrap();
         assert_eq!((done.id, done.status), (id, status));
     }
     assert_eq!(e.pending(), 0);
@@ -579,7 +664,7 @@ fn executor_answers_malformed_requests_of_a_real_invocation() {
 fn executor_bounds_checks_its_output() {
     let g = geometry(2, 128);
     let mut e = ExecutorConnection::new(g, 1);
-    e.on_request(
+    e.on_request_all(
         RequestImm::new(1, 1).encode(),
         &request_bytes(128, header(1, 0, 0), b""),
     )
@@ -685,12 +770,12 @@ fn client_ignores_responses_it_cannot_tie_to_an_invocation() {
     ];
     let mut c = client_with_two_in_flight();
     for (imm, bytes, error) in cases {
-        assert_eq!(c.on_response(imm, bytes), Err(error));
+        assert_eq!(c.on_response_all(imm, bytes), Err(error));
         assert_eq!(error.failed_invocation(), None);
         assert_eq!(c.in_flight(), 2, "no state change");
         assert_eq!((c.outstanding(0), c.outstanding(1)), (Some(1), Some(2)));
     }
-    let done = c.on_response(imm, &good).unwrap();
+    let done = c.on_response_all(imm, &good).unwrap();
     assert_eq!((done.id, done.output), (2, &b"out"[..]));
 }
 
@@ -793,7 +878,7 @@ fn client_fails_the_invocation_of_a_malformed_response() {
     ];
     for (imm, bytes, error) in cases {
         let mut c = client_with_two_in_flight();
-        assert_eq!(c.on_response(imm, &bytes), Err(error));
+        assert_eq!(c.on_response_all(imm, &bytes), Err(error));
         assert_eq!(error.failed_invocation(), Some((1, 2)), "{error}");
         assert_eq!(c.outstanding(1), None, "slot released");
         assert_eq!(c.outstanding(0), Some(1), "the other invocation untouched");
@@ -808,17 +893,17 @@ fn stale_response_for_a_released_slot_is_rejected() {
     let p = c.prepare(0, 0).unwrap();
     let resp = response_bytes(256, ok_header(p.id, 0), b"");
     let imm = ResponseImm::new(0, p.id, Status::Ok).encode();
-    c.on_response(imm, &resp).unwrap();
+    c.on_response_all(imm, &resp).unwrap();
     // Delivered again (a duplicate) while the slot is free.
     assert_eq!(
-        c.on_response(imm, &resp),
+        c.on_response_all(imm, &resp),
         Err(ResponseError::NotInFlight { slot: 0 })
     );
     // And again once the slot carries the next invocation.
     let q = c.prepare(0, 0).unwrap();
     assert_eq!(q.slot, p.slot);
     assert_eq!(
-        c.on_response(imm, &resp),
+        c.on_response_all(imm, &resp),
         Err(ResponseError::TagMismatch {
             slot: 0,
             expected: 2,
@@ -844,7 +929,7 @@ fn abandoned_invocations_hold_their_slot_until_the_executor_answers() {
     assert_eq!(c.outstanding(0), Some(p.id));
     let resp = response_bytes(256, ok_header(p.id, 1), b"x");
     let imm = ResponseImm::new(0, p.id, Status::Ok).encode();
-    let err = c.on_response(imm, &resp).unwrap_err();
+    let err = c.on_response_all(imm, &resp).unwrap_err();
     assert_eq!(err, ResponseError::Abandoned { slot: 0, id: 1 });
     assert_eq!(err.failed_invocation(), None, "nobody waits for it");
     assert_eq!(c.prepare(0, 0).unwrap().slot, 0);
@@ -852,7 +937,7 @@ fn abandoned_invocations_hold_their_slot_until_the_executor_answers() {
     c.abandon(0, 2).unwrap();
     let bad = response_bytes(256, ok_header(2, 1000), b"");
     assert_eq!(
-        c.on_response(ResponseImm::new(0, 2, Status::Ok).encode(), &bad),
+        c.on_response_all(ResponseImm::new(0, 2, Status::Ok).encode(), &bad),
         Err(ResponseError::Abandoned { slot: 0, id: 2 })
     );
     assert_eq!(c.available(), 1);
@@ -865,10 +950,10 @@ fn held_responses_keep_their_slot_for_zero_copy_reads() {
     let p = c.prepare(0, 0).unwrap();
     let resp = response_bytes(256, ok_header(p.id, 2), b"hi");
     let imm = ResponseImm::new(p.slot, p.id, Status::Ok).encode();
-    let done = c.on_response_hold(imm, &resp).unwrap();
+    let done = c.on_response_hold_all(imm, &resp).unwrap();
     assert_eq!(done.output, b"hi");
     assert_eq!(
-        c.on_response(imm, &resp),
+        c.on_response_all(imm, &resp),
         Err(ResponseError::NotInFlight { slot: 0 })
     );
     assert_eq!(c.prepare(0, 0).unwrap().slot, 1, "slot 0 is still held");
@@ -878,7 +963,7 @@ fn held_responses_keep_their_slot_for_zero_copy_reads() {
     // A malformed response is released at once even with hold.
     let bad = response_bytes(256, ok_header(3, 999), b"");
     assert!(c
-        .on_response_hold(ResponseImm::new(0, 3, Status::Ok).encode(), &bad)
+        .on_response_hold_all(ResponseImm::new(0, 3, Status::Ok).encode(), &bad)
         .is_err());
     assert_eq!(c.outstanding(0), None);
     assert!(c.release(0, 3).is_err());
@@ -897,16 +982,18 @@ fn run_sequentially(client: &mut ClientConnection, exec: &mut ExecutorConnection
         assert!(p.id > last, "ids strictly increase");
         last = p.id;
         wire.post_request(&p, &p.id.to_le_bytes());
-        let (imm, _) = wire.to_executor.pop_front().unwrap();
-        let req = exec.on_request(imm, wire.request_slot(imm)).unwrap();
+        let (imm, len) = wire.to_executor.pop_front().unwrap();
+        let req = exec.on_request(imm, len, wire.request_slot(imm)).unwrap();
         assert_eq!(req.id, p.id);
         let out = req.payload.to_vec();
         let r = exec
             .encode_response(req.slot, req.id, Status::Ok, 0, 8)
             .unwrap();
         wire.post_response(&r, &out);
-        let (imm, _) = wire.to_client.pop_front().unwrap();
-        let done = client.on_response(imm, wire.response_slot(imm)).unwrap();
+        let (imm, len) = wire.to_client.pop_front().unwrap();
+        let done = client
+            .on_response(imm, len, wire.response_slot(imm))
+            .unwrap();
         assert_eq!(done.id, p.id);
         assert_eq!(done.output, &p.id.to_le_bytes());
     }
@@ -927,6 +1014,7 @@ fn id_65537_is_not_id_1() {
     // 16-bit ids could not tell them apart. The 64-bit header id can.
     let g = geometry(1, 128);
     let mut client = ClientConnection::with_first_id(g, 1, NonZeroU64::new(65_537).unwrap());
+    client.set_compact(false);
     let mut exec = ExecutorConnection::new(g, 1);
     let p = client.prepare(0, 0).unwrap();
     assert_eq!(p.id, 65_537);
@@ -939,7 +1027,7 @@ fn id_65537_is_not_id_1() {
     let stale = response_bytes(128, ok_header(1, 0), b"");
     let imm = ResponseImm::new(0, 1, Status::Ok).encode();
     assert_eq!(
-        client.on_response(imm, &stale),
+        client.on_response_all(imm, &stale),
         Err(ResponseError::IdMismatch {
             slot: 0,
             expected: 65_537,
@@ -948,11 +1036,11 @@ fn id_65537_is_not_id_1() {
     );
     // And the executor refuses a replay of request 1 after 65537.
     let req = request_bytes(128, header(65_537, 0, 0), b"");
-    exec.on_request(p.imm, &req).unwrap();
+    exec.on_request_all(p.imm, &req).unwrap();
     exec.encode_response(0, 65_537, Status::Ok, 0, 0).unwrap();
     let replay = request_bytes(128, header(1, 0, 0), b"");
     let rej = exec
-        .on_request(RequestImm::new(0, 1).encode(), &replay)
+        .on_request_all(RequestImm::new(0, 1).encode(), &replay)
         .unwrap_err();
     assert!(matches!(
         rej.error(),
@@ -1045,12 +1133,12 @@ fn client_and_executor_with_many_in_flight_and_out_of_order_completion() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ slots as u64);
         // What each caller waits for: id -> (slot, function, input).
         let mut waiting: HashMap<u64, (u16, u32, Vec<u8>)> = HashMap::new();
-        // Accepted requests the executor has not answered yet.
-        let mut accepted: Vec<(u16, u64, u32)> = Vec::new();
+        // Accepted requests the executor has not answered yet, with their inputs.
+        let mut accepted: Vec<(u16, u64, u32, Vec<u8>)> = Vec::new();
         let mut done = 0usize;
         let mut max_in_flight = 0;
         let mut stale_refused = 0;
-        let mut last_response: Option<(u32, Vec<u8>)> = None;
+        let mut last_response: Option<(u32, usize, Vec<u8>)> = None;
         while done < rounds {
             // The client issues a burst until it runs out of credits.
             for _ in 0..rng.below(slots as usize + 1) {
@@ -1072,25 +1160,19 @@ fn client_and_executor_with_many_in_flight_and_out_of_order_completion() {
                 let Some((imm, len)) = wire.to_executor.pop_front() else {
                     break;
                 };
-                let at = wire.slot_range(imm as u16).start;
-                let req = exec.on_request(imm, &wire.requests[at..at + len]).unwrap();
-                accepted.push((req.slot, req.id, req.function));
+                let at = wire
+                    .slot_range(RequestImm::decode(imm).unwrap().slot())
+                    .start;
+                let end = at + written_extent(imm, len).end;
+                let req = exec.on_request(imm, len, &wire.requests[at..end]).unwrap();
+                // The executor knows the client's id, from the header or from the tag.
+                assert!(waiting.contains_key(&req.id));
+                accepted.push((req.slot, req.id, req.function, req.payload.to_vec()));
             }
             // ... and answers them in any order.
             for _ in 0..rng.below(accepted.len() + 1) {
-                let (slot, id, function) = accepted.swap_remove(rng.below(accepted.len()));
-                let range = wire.slot_range(slot);
-                let payload_len = {
-                    let r = exec.pending_in(slot);
-                    assert_eq!(r, Some(id));
-                    let h: &[u8; HEADER_LEN] = wire.requests[range.start..range.start + HEADER_LEN]
-                        .try_into()
-                        .unwrap();
-                    RequestHeader::decode(h).unwrap().payload_len as usize
-                };
-                let input = wire.requests
-                    [range.start + HEADER_LEN..range.start + HEADER_LEN + payload_len]
-                    .to_vec();
+                let (slot, id, function, input) = accepted.swap_remove(rng.below(accepted.len()));
+                assert_eq!(exec.pending_in(slot), Some(id));
                 let mut staging = vec![0u8; g.max_output()];
                 let (status, code, n) = run_function(function, &input, &mut staging);
                 let r = exec.encode_response(slot, id, status, code, n).unwrap();
@@ -1100,16 +1182,16 @@ fn client_and_executor_with_many_in_flight_and_out_of_order_completion() {
             // response is delivered again, and must never reach a caller.
             while let Some((imm, len)) = wire.to_client.pop_front() {
                 if rng.below(10) == 0 {
-                    if let Some((old_imm, old_bytes)) = &last_response {
-                        let r = client.on_response(*old_imm, old_bytes);
+                    if let Some((old_imm, old_len, old_bytes)) = &last_response {
+                        let r = client.on_response(*old_imm, *old_len, old_bytes);
                         assert!(r.is_err(), "stale response accepted");
                         assert_eq!(r.unwrap_err().failed_invocation(), None);
                         stale_refused += 1;
                     }
                 }
-                let at = wire.slot_range(imm as u16).start;
-                let bytes = wire.responses[at..at + len].to_vec();
-                let c = client.on_response(imm, &bytes).unwrap();
+                let at = wire.slot_range(ResponseImm::peek(imm).unwrap().slot).start;
+                let bytes = wire.responses[at..at + written_extent(imm, len).end].to_vec();
+                let c = client.on_response(imm, len, &bytes).unwrap();
                 let (slot, function, input) = waiting.remove(&c.id).expect("a caller waits");
                 assert_eq!(c.slot, slot);
                 let (status, code, output) = expected(function, &input, g.max_output());
@@ -1117,7 +1199,7 @@ fn client_and_executor_with_many_in_flight_and_out_of_order_completion() {
                     (c.status, c.error_code, c.output),
                     (status, code, &output[..])
                 );
-                last_response = Some((imm, bytes));
+                last_response = Some((imm, len, bytes));
                 done += 1;
             }
         }
@@ -1136,41 +1218,53 @@ fn the_hot_path_allocates_nothing() {
     let mut responses = vec![0u8; g.region_len() as usize];
     let slot = g.slot_size() as usize;
     let payload = [0xabu8; 100];
-    let mut in_flight = [(0u16, 0u64, 0u32); 8];
+    let mut in_flight = [(0u16, 0u64, 0u32, 0usize); 8];
     let probe = allocations();
     drop(std::hint::black_box(vec![1u8]));
     assert_eq!(allocations(), probe + 1, "the counter counts");
     let before = allocations();
     for round in 0..2_000u32 {
-        // Fill every slot, then one more (refused).
+        // Fill every slot, then one more (refused). Even rounds in the compact form, odd
+        // ones with headers.
+        client.set_compact(round % 2 == 0);
         for entry in &mut in_flight {
             let p = client.prepare(round % 2, payload.len()).unwrap();
-            let at = p.remote_offset as usize;
-            requests[at..at + HEADER_LEN].copy_from_slice(&p.header);
-            requests[at + HEADER_LEN..at + p.write_len].copy_from_slice(&payload);
-            *entry = (p.slot, p.id, p.imm);
+            let at = p.remote_offset as usize - p.local_offset;
+            if let Some(header) = &p.header {
+                requests[at..at + HEADER_LEN].copy_from_slice(header);
+            }
+            requests[at + HEADER_LEN..at + HEADER_LEN + payload.len()].copy_from_slice(&payload);
+            *entry = (p.slot, p.id, p.imm, p.write_len);
         }
         assert!(client.prepare(0, 0).is_err());
         assert!(client.prepare(0, 10_000).is_err());
-        // Answer them in reverse order, with rejected garbage in between.
-        for &(s, id, imm) in in_flight.iter().rev() {
+        // The executor takes them in the order they were sent, with rejected garbage in
+        // between ...
+        for &(s, id, imm, len) in &in_flight {
             let at = g.slot_offset(s) as usize;
-            let req = exec.on_request(imm, &requests[at..at + slot]).unwrap();
-            assert_eq!(req.payload.len(), payload.len());
-            let rej = exec.on_request(imm, &requests[at..at + slot]).unwrap_err();
+            let req = exec.on_request(imm, len, &requests[at..at + slot]).unwrap();
+            assert_eq!((req.id, req.payload.len()), (id, payload.len()));
+            let rej = exec
+                .on_request(imm, len, &requests[at..at + slot])
+                .unwrap_err();
             assert!(exec.encode_rejection(&rej).is_none());
-            assert!(exec.on_request(imm | RESPONSE_BIT, &requests).is_err());
+            assert!(exec.on_request_all(imm | RESPONSE_BIT, &requests).is_err());
+        }
+        // ... and answers them in reverse order.
+        for &(s, id, imm, _) in in_flight.iter().rev() {
             let r = exec.encode_response(s, id, Status::Ok, 0, 32).unwrap();
-            let at = r.remote_offset as usize;
-            responses[at..at + HEADER_LEN].copy_from_slice(&r.header);
+            let at = r.remote_offset as usize - r.local_offset;
+            if let Some(header) = &r.header {
+                responses[at..at + HEADER_LEN].copy_from_slice(header);
+            }
             let done = client
-                .on_response(r.imm, &responses[at..at + slot])
+                .on_response(r.imm, r.write_len, &responses[at..at + slot])
                 .unwrap();
             assert_eq!((done.id, done.output.len()), (id, 32));
             assert!(client
-                .on_response(r.imm, &responses[at..at + slot])
+                .on_response(r.imm, r.write_len, &responses[at..at + slot])
                 .is_err());
-            assert!(client.on_response(imm, &responses).is_err());
+            assert!(client.on_response_all(imm, &responses).is_err());
         }
     }
     assert_eq!(allocations() - before, 0, "the hot path allocated");
@@ -1255,7 +1349,7 @@ proptest! {
         let mut e = ExecutorConnection::new(g, 3);
         for (imm, bytes) in inputs {
             let before = e.pending();
-            match e.on_request(imm, &bytes) {
+            match e.on_request_all(imm, &bytes) {
                 Ok(req) => {
                     let h = RequestHeader::decode(bytes[..HEADER_LEN].try_into().unwrap()).unwrap();
                     prop_assert_eq!(req.slot, imm as u16);
@@ -1304,7 +1398,7 @@ proptest! {
         for (imm, bytes) in inputs {
             let before: Vec<Option<u64>> = (0..4).map(|s| c.outstanding(s)).collect();
             let slot = imm as u16;
-            match c.on_response(imm, &bytes) {
+            match c.on_response_all(imm, &bytes) {
                 Ok(done) => {
                     prop_assert_eq!(done.slot, slot);
                     prop_assert_eq!(Some(done.id), before[slot as usize]);
@@ -1354,8 +1448,8 @@ proptest! {
                 Err(err) => return Err(TestCaseError::fail(err.to_string())),
             };
             wire.post_request(&p, &payload);
-            let (imm, _) = wire.to_executor.pop_front().unwrap();
-            let req = e.on_request(imm, wire.request_slot(imm)).unwrap();
+            let (imm, len) = wire.to_executor.pop_front().unwrap();
+            let req = e.on_request(imm, len, wire.request_slot(imm)).unwrap();
             prop_assert_eq!((req.slot, req.id, req.function), (p.slot, p.id, function));
             prop_assert_eq!(req.payload, &payload[..]);
         }
@@ -1654,11 +1748,11 @@ fn malformed_control_lines() {
         Err(HandshakeError::Decode { .. })
     ));
     assert!(matches!(
-        ControlMessage::from_line(r#"{"type":"launch","version":1}"#),
+        ControlMessage::from_line(r#"{"type":"launch","version":2}"#),
         Err(HandshakeError::Decode { .. })
     ));
     assert!(matches!(
-        ControlMessage::from_line(r#"{"type":"hello","version":1}"#),
+        ControlMessage::from_line(r#"{"type":"hello","version":2}"#),
         Err(HandshakeError::Decode { .. })
     ));
     let long = format!("\"{}\"", "x".repeat(MAX_CONTROL_LINE));
@@ -1767,4 +1861,62 @@ fn hellos_and_replies_without_memory_are_unchanged_on_the_wire() {
         .unwrap();
     assert_eq!(back.memory, None);
     assert!(reply_to(&h).check(&h).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------
+// The compact form's ids.
+// ---------------------------------------------------------------------------------------
+
+/// Sends one request through `wire` and checks the executor sees the client's id and form.
+fn exchange(
+    client: &mut ClientConnection,
+    exec: &mut ExecutorConnection,
+    wire: &mut Wire,
+    compact: bool,
+) {
+    let p = client.prepare(0, 4).unwrap();
+    assert_eq!(p.header.is_none(), compact, "form of invocation {}", p.id);
+    wire.post_request(&p, b"ping");
+    let (imm, len) = wire.to_executor.pop_front().unwrap();
+    let req = exec.on_request(imm, len, wire.request_slot(imm)).unwrap();
+    assert_eq!((req.id, req.payload), (p.id, &b"ping"[..]));
+    let r = exec
+        .encode_response(req.slot, req.id, Status::Ok, 0, 0)
+        .unwrap();
+    wire.post_response(&r, b"");
+    let (imm, len) = wire.to_client.pop_front().unwrap();
+    let done = client
+        .on_response(imm, len, wire.response_slot(imm))
+        .unwrap();
+    assert_eq!(done.id, p.id);
+}
+
+#[test]
+fn compact_ids_stay_exact_across_gaps_and_far_first_ids() {
+    let g = geometry(2, 256);
+    // A first id far above 1: the first request says it in full, then compact.
+    let first = NonZeroU64::new((1 << 40) + 3).unwrap();
+    let mut client = ClientConnection::with_first_id(g, 1, first);
+    let mut exec = ExecutorConnection::new(g, 1);
+    let mut wire = Wire::new(g);
+    exchange(&mut client, &mut exec, &mut wire, false);
+    exchange(&mut client, &mut exec, &mut wire, true);
+    // Cancelled prepares skip ids the executor never sees. Up to 2^14 of them the next id
+    // is still recovered from its tag; past that it goes in full once.
+    for skipped in [1u64, 0x3fff, 0x4000, 0x4001, 100_000] {
+        for _ in 0..skipped {
+            let p = client.prepare(0, 0).unwrap();
+            client.cancel(p.slot, p.id).unwrap();
+        }
+        let compact = skipped < 0x4000;
+        exchange(&mut client, &mut exec, &mut wire, compact);
+        exchange(&mut client, &mut exec, &mut wire, true);
+    }
+    // A cancel that is not of the last prepared request: the next one goes in full.
+    let a = client.prepare(0, 0).unwrap();
+    let b = client.prepare(0, 0).unwrap();
+    client.cancel(a.slot, a.id).unwrap();
+    client.cancel(b.slot, b.id).unwrap();
+    exchange(&mut client, &mut exec, &mut wire, false);
+    exchange(&mut client, &mut exec, &mut wire, true);
 }

@@ -68,13 +68,15 @@ impl<F: Fabric> Allocation<F> {
         let pd = fabric.alloc_pd()?;
         let mut links = Vec::with_capacity(options.workers);
         for _ in 0..options.workers {
-            links.push(ClientLink::create(
+            let mut link = ClientLink::create(
                 &fabric,
                 &pd,
                 options.geometry,
                 functions.len() as u32,
                 options.first_id,
-            )?);
+            )?;
+            link.set_compact(options.compact);
+            links.push(link);
         }
         let names: Vec<String> = functions.iter().map(|s| s.to_string()).collect();
         let mut hello = ClientHello::new(

@@ -9,8 +9,8 @@ use crate::fabric::{
     SendOp, SendWr, WcOpcode, WorkCompletion,
 };
 use crate::protocol::{
-    ClientConnection, ClientWorker, PrepareError, RegionDesc, RequestHeader, SlotGeometry,
-    HEADER_LEN,
+    written_extent, ClientConnection, ClientWorker, PrepareError, RegionDesc, RequestHeader,
+    ResponseImm, SlotGeometry, HEADER_LEN,
 };
 use crate::slot_link::SlotLink;
 
@@ -65,6 +65,11 @@ impl<F: Fabric> ClientLink<F> {
             #[cfg(feature = "tokio")]
             async_fd: None,
         })
+    }
+
+    /// Whether requests go in the protocol's compact form (see `AllocationOptions`).
+    pub(crate) fn set_compact(&mut self, enabled: bool) {
+        self.state.set_compact(enabled);
     }
 
     /// What the hello tells the executor about this connection.
@@ -135,18 +140,28 @@ impl<F: Fabric> ClientLink<F> {
                 return Err(e);
             }
         };
-        let header = RequestHeader {
-            id: prepared.id,
-            function,
-            payload_len: len as u32,
-            flags: 0,
-        }
-        .encode();
-        let write_len = HEADER_LEN + len;
-        self.slots.staging.staging_mut(slot, HEADER_LEN)[..].copy_from_slice(&header);
-        let posted = self
-            .slots
-            .send(slot, write_len, prepared.remote_offset, prepared.imm);
+        // The compact form (no header) carries the length as the WRITE's own.
+        let write_len = match prepared.header {
+            None => len,
+            Some(_) => {
+                let header = RequestHeader {
+                    id: prepared.id,
+                    function,
+                    payload_len: len as u32,
+                    flags: 0,
+                };
+                self.slots.staging.staging_mut(slot, HEADER_LEN)[..]
+                    .copy_from_slice(&header.encode());
+                HEADER_LEN + len
+            }
+        };
+        let posted = self.slots.send(
+            slot,
+            prepared.local_offset,
+            write_len,
+            prepared.remote_offset,
+            prepared.imm,
+        );
         if let Err(e) = posted {
             let _ = self.state.cancel(prepared.slot, prepared.id);
             let error = InvokeError::gone_on_post(e);
@@ -249,14 +264,18 @@ impl<F: Fabric> ClientLink<F> {
 
     fn take_response(&mut self, imm: u32, len: usize) -> Option<Event> {
         let slot_size = self.slots.incoming.slot_size();
-        let slot = (imm & 0xffff) as usize;
-        let bytes = if slot < self.slots.incoming.slots() {
-            self.slots.incoming.prefetch(slot, len);
-            self.slots.incoming.incoming(slot, len.min(slot_size))
-        } else {
-            &[]
+        let extent = written_extent(imm, len);
+        let bytes = match ResponseImm::peek(imm) {
+            Some(peeked) if (peeked.slot as usize) < self.slots.incoming.slots() => {
+                let slot = peeked.slot as usize;
+                self.slots.incoming.prefetch(slot, extent.clone());
+                self.slots
+                    .incoming
+                    .incoming(slot, extent.end.min(slot_size))
+            }
+            _ => &[],
         };
-        match self.state.on_response_hold(imm, bytes) {
+        match self.state.on_response_hold(imm, len, bytes) {
             Ok(done) => {
                 let (slot, id) = (done.slot, done.id);
                 let outcome = if done.status.is_ok() {

@@ -31,6 +31,11 @@ pub struct AllocationOptions {
     /// The first invocation id of each worker connection (1 unless a test wants to cross
     /// the 2^16 or 2^32 boundaries without billions of calls first).
     pub first_id: NonZeroU64,
+    /// Send invocations in the protocol's compact form (no header: the immediate and the
+    /// WRITE's length say it all, so neither side reads a header line; docs/protocol.md).
+    /// On by default; off puts a header on every request and response, which only
+    /// benchmarks want, to show what the compact form saves.
+    pub compact: bool,
 }
 
 impl Default for AllocationOptions {
@@ -44,6 +49,7 @@ impl Default for AllocationOptions {
             liveness_interval: Duration::from_millis(1),
             first_id: NonZeroU64::MIN,
             libraries: Vec::new(),
+            compact: true,
         }
     }
 }

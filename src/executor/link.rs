@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::fabric::{Fabric, FabricError, QueuePair, WcOpcode, WorkCompletion};
 use crate::protocol::{
-    ExecutorConnection, RegionDesc, RequestImm, SlotGeometry, Status, HEADER_LEN,
+    written_extent, ExecutorConnection, RegionDesc, RequestImm, SlotGeometry, Status, HEADER_LEN,
 };
 use crate::slot_link::SlotLink;
 
@@ -152,22 +152,28 @@ impl<F: Fabric> ExecutorLink<F> {
             .map(|i| i.slot() as usize)
             .ok()
             .filter(|&s| s < self.slots.incoming.slots());
+        // What the WRITE covered: the header and payload, or (compact) the payload alone.
+        let extent = written_extent(imm, len);
+        let end = extent.end.min(slot_size);
         let bytes = match slot {
             Some(s) => {
-                self.slots.incoming.prefetch(s, len);
-                let incoming = self.slots.incoming.incoming(s, len.min(slot_size));
+                self.slots.incoming.prefetch(s, extent.clone());
+                let incoming = self.slots.incoming.incoming(s, end);
                 match self.private.as_deref_mut() {
                     Some(private) => {
-                        let copy = &mut private[..incoming.len()];
-                        copy.copy_from_slice(incoming);
-                        &*copy
+                        let copied = extent.start.min(end)..end;
+                        private[copied.clone()].copy_from_slice(&incoming[copied]);
+                        &private[..end]
                     }
                     None => incoming,
                 }
             }
             None => &[],
         };
-        let (slot, id, status, error_code, output_len) = match self.state.on_request(imm, bytes) {
+        let (slot, id, status, error_code, output_len) = match self
+            .state
+            .on_request(imm, len, bytes)
+        {
             Ok(req) => {
                 let output =
                     &mut self.slots.staging.staging_mut(req.slot as usize, slot_size)[HEADER_LEN..];
@@ -205,10 +211,12 @@ impl<F: Fabric> ExecutorLink<F> {
             .encode_response(slot, id, status, error_code, output_len)
             .expect("the slot owes exactly this response");
         let slot = slot as usize;
-        let message = self.slots.staging.staging_mut(slot, response.write_len);
-        message[..HEADER_LEN].copy_from_slice(&response.header);
+        if let Some(header) = &response.header {
+            self.slots.staging.staging_mut(slot, HEADER_LEN)[..].copy_from_slice(header);
+        }
         let posted = self.slots.send(
             slot,
+            response.local_offset,
             response.write_len,
             response.remote_offset,
             response.imm,

@@ -69,18 +69,21 @@ impl<M: MemoryRegion> SlotRegion<M> {
         unsafe { self.region.slice(at, len) }
     }
 
-    /// Starts fetching the first `len` bytes of slot `slot` into this core's cache, all
-    /// lines at once: the loads are independent, so their cache misses overlap instead of
-    /// being paid one after the other when the bytes are read in order (header first, then
-    /// the payload it describes). Call it as soon as a completion announces the bytes.
+    /// Starts fetching the bytes `range` of slot `slot` into this core's cache, all lines
+    /// at once: the loads are independent, so their cache misses overlap instead of being
+    /// paid one after the other when the bytes are read in order (header first, then the
+    /// payload it describes). Call it as soon as a completion announces the bytes. The
+    /// range is clipped to the slot.
+    ///
+    /// A hint, not a load: nothing waits for the lines, so bytes nobody reads later (a
+    /// function that ignores its input) cost no stall.
     #[inline]
-    pub fn prefetch(&self, slot: usize, len: usize) {
-        let bytes = self.incoming(slot, len.min(self.slot_size));
-        let mut any = 0u8;
+    pub fn prefetch(&self, slot: usize, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.slot_size);
+        let bytes = &self.incoming(slot, end)[range.start.min(end)..];
         for line in bytes.chunks(64) {
-            any ^= line[0];
+            prefetch_line(line.as_ptr());
         }
-        std::hint::black_box(any);
     }
 
     /// The first `len` bytes of slot `slot` of a local staging region, to build an outgoing
@@ -103,7 +106,16 @@ impl<M: MemoryRegion> SlotRegion<M> {
 
     /// A scatter/gather element for the first `len` bytes of slot `slot`.
     pub fn sge(&self, slot: usize, len: usize) -> Sge {
-        self.region.sge(self.at(slot, len), len)
+        self.sge_at(slot, 0, len)
+    }
+
+    /// A scatter/gather element for `len` bytes of slot `slot` from byte `from`.
+    ///
+    /// # Panics
+    /// If the slot or the range is out of range.
+    pub fn sge_at(&self, slot: usize, from: usize, len: usize) -> Sge {
+        let end = from.checked_add(len).expect("slot range overflows");
+        self.region.sge(self.at(slot, end) + from, len)
     }
 
     /// The remote address of the region's first byte.
@@ -120,4 +132,17 @@ impl<M: MemoryRegion> SlotRegion<M> {
         );
         slot * self.slot_size
     }
+}
+
+/// Asks the core to fetch the cache line at `at` for reading, without waiting for it.
+#[inline(always)]
+fn prefetch_line(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults and reads nothing the program sees;
+    // `at` points into a live slot anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }

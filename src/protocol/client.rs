@@ -7,7 +7,9 @@ use thiserror::Error;
 use super::credits::{IdGenerator, SlotPool};
 use super::geometry::SlotGeometry;
 use super::header::{get_u64, header_of, HeaderError, RequestHeader, ResponseHeader, HEADER_LEN};
-use super::imm::{ImmError, RequestImm, ResponseImm, RESPONSE_TAG_MASK};
+use super::imm::{
+    written_extent, ImmError, RequestImm, ResponseImm, COMPACT_MAX_INDEX, REQUEST_TAG_MASK,
+};
 use super::status::Status;
 
 /// What a client slot is doing.
@@ -41,6 +43,16 @@ pub struct ClientConnection {
     ids: IdGenerator,
     pool: SlotPool,
     state: Box<[SlotState]>,
+    /// Send requests in the compact form when they fit it (see [`ClientConnection::set_compact`]).
+    compact: bool,
+    /// The highest id the executor will have seen once every prepared request is sent, and
+    /// the value before the last prepare (for its cancel): a compact request's id must
+    /// follow it closely enough for the executor to recover the id from its 14-bit tag.
+    executor_last_id: u64,
+    executor_last_id_before: u64,
+    /// A request other than the last prepared was cancelled: the executor's last id is not
+    /// known exactly any more, so the next request takes the full form.
+    resync: bool,
 }
 
 /// A response tied to an invocation: slot, id, abandoned, and the outcome.
@@ -53,14 +65,19 @@ pub struct Prepared {
     pub slot: u16,
     /// The invocation id.
     pub id: u64,
-    /// The 64 header bytes; the payload follows them at offset 64 of the slot.
-    pub header: [u8; HEADER_LEN],
+    /// The 64 header bytes to put at the start of the staging slot (the payload follows
+    /// them at offset 64), or `None` in the compact form, which sends no header.
+    pub header: Option<[u8; HEADER_LEN]>,
     /// The 32-bit immediate of the WRITE_WITH_IMM.
     pub imm: u32,
-    /// Byte offset of the slot in the executor's request region (and of the paired
-    /// response slot in the client's response region).
+    /// Where the WRITE starts in the staging slot: 0 (header and payload) or 64 (the
+    /// payload alone, compact form).
+    pub local_offset: usize,
+    /// Byte offset of the WRITE's destination in the executor's request region (the slot
+    /// starts at `remote_offset - local_offset`; the paired response slot is at the same
+    /// offset of the client's response region).
     pub remote_offset: u64,
-    /// Bytes to write: the header plus the payload.
+    /// Bytes to write: the header plus the payload, or the payload alone.
     pub write_len: usize,
 }
 
@@ -116,8 +133,8 @@ pub enum ResponseError {
     #[error("response for slot {slot}, which has no invocation in flight")]
     NotInFlight { slot: u16 },
     /// The id tag of the immediate does not match the invocation in flight in the slot.
-    #[error("response for slot {slot} carries id tag {tag:#04x}, but invocation {expected} is in flight there")]
-    TagMismatch { slot: u16, expected: u64, tag: u8 },
+    #[error("response for slot {slot} carries id tag {tag:#06x}, but invocation {expected} is in flight there")]
+    TagMismatch { slot: u16, expected: u64, tag: u16 },
     /// Fewer bytes than a header were handed in.
     #[error("response slot {slot}: {len} B is shorter than the 64-byte header")]
     Truncated { slot: u16, len: usize },
@@ -224,7 +241,19 @@ impl ClientConnection {
             ids: IdGenerator::starting_at(first_id),
             pool: SlotPool::new(geometry),
             state: vec![SlotState::Free; geometry.slots() as usize].into_boxed_slice(),
+            compact: true,
+            executor_last_id: 0,
+            executor_last_id_before: 0,
+            resync: false,
         }
+    }
+
+    /// Whether requests go in the compact form (no header) when slot and function index
+    /// fit the immediate: on by default. The executor answers a compact request compactly
+    /// too (unless it must send a function error code), so turning it off puts headers in
+    /// both directions, as benchmarks do to show what the compact form saves.
+    pub fn set_compact(&mut self, enabled: bool) {
+        self.compact = enabled;
     }
 
     /// The slot geometry.
@@ -287,6 +316,31 @@ impl ClientConnection {
         })?;
         let id = self.ids.next_id().ok_or(PrepareError::IdsExhausted)?;
         self.state[slot as usize] = SlotState::InFlight(id);
+        let remote_offset = self.geometry.slot_offset(slot);
+        // The executor recovers a compact id as the first above the last it saw with the
+        // same 14 low bits: exact while the gap is at most 2^14 (ids skipped by cancels, or
+        // a first id far above 1, take the full form once).
+        let recoverable = !self.resync && id - self.executor_last_id <= REQUEST_TAG_MASK + 1;
+        self.executor_last_id_before = self.executor_last_id;
+        self.executor_last_id = id;
+        // The compact form whenever the immediate can say it all.
+        if self.compact
+            && recoverable
+            && slot as u32 <= COMPACT_MAX_INDEX
+            && function <= COMPACT_MAX_INDEX
+        {
+            return Ok(Prepared {
+                slot,
+                id,
+                header: None,
+                imm: RequestImm::compact(slot as u8, function as u8, id).encode(),
+                local_offset: HEADER_LEN,
+                remote_offset: remote_offset + HEADER_LEN as u64,
+                write_len: payload_len,
+            });
+        }
+        // The header tells the executor the full id: it knows where it stands again.
+        self.resync = false;
         let header = RequestHeader {
             id,
             function,
@@ -297,9 +351,10 @@ impl ClientConnection {
         Ok(Prepared {
             slot,
             id,
-            header: header.encode(),
+            header: Some(header.encode()),
             imm: RequestImm::new(slot, id).encode(),
-            remote_offset: self.geometry.slot_offset(slot),
+            local_offset: 0,
+            remote_offset,
             write_len: HEADER_LEN + payload_len,
         })
     }
@@ -316,7 +371,14 @@ impl ClientConnection {
             SlotState::InFlight(id),
             "in-flight",
             SlotState::Free,
-        )
+        )?;
+        // The executor never sees a cancelled id.
+        if self.executor_last_id == id {
+            self.executor_last_id = self.executor_last_id_before;
+        } else {
+            self.resync = true;
+        }
+        Ok(())
     }
 
     /// Gives up on invocation `id` (for example on a timeout). Its slot stays taken until
@@ -382,9 +444,10 @@ impl ClientConnection {
     pub fn on_response<'a>(
         &mut self,
         imm: u32,
+        byte_len: usize,
         slot_bytes: &'a [u8],
     ) -> Result<Completed<'a>, ResponseError> {
-        self.complete(imm, slot_bytes, false)
+        self.complete(imm, byte_len, slot_bytes, false)
     }
 
     /// Like [`ClientConnection::on_response`], but a successful response keeps its slot
@@ -396,18 +459,22 @@ impl ClientConnection {
     pub fn on_response_hold<'a>(
         &mut self,
         imm: u32,
+        byte_len: usize,
         slot_bytes: &'a [u8],
     ) -> Result<Completed<'a>, ResponseError> {
-        self.complete(imm, slot_bytes, true)
+        self.complete(imm, byte_len, slot_bytes, true)
     }
 
     fn complete<'a>(
         &mut self,
         imm: u32,
+        byte_len: usize,
         slot_bytes: &'a [u8],
         hold: bool,
     ) -> Result<Completed<'a>, ResponseError> {
-        let (slot, id, abandoned, result) = self.validate(imm, slot_bytes)?;
+        let received = written_extent(imm, byte_len).end.min(slot_bytes.len());
+        let (slot, id, abandoned, result) =
+            self.validate(imm, byte_len, &slot_bytes[..received])?;
         // The response was tied to invocation `id` in flight in `slot`: settle the slot.
         if hold && !abandoned && result.is_ok() {
             self.state[slot as usize] = SlotState::Held(id);
@@ -424,8 +491,14 @@ impl ClientConnection {
     /// Checks a response without changing state. The outer error means the response could
     /// not be tied to an invocation; otherwise returns the slot, the invocation id, whether
     /// it was abandoned, and the outcome for that invocation.
-    fn validate<'a>(&self, imm: u32, bytes: &'a [u8]) -> Result<Tied<'a>, ResponseError> {
-        let (slot, tag) = ResponseImm::peek(imm).ok_or(ResponseError::WrongDirection { imm })?;
+    fn validate<'a>(
+        &self,
+        imm: u32,
+        byte_len: usize,
+        bytes: &'a [u8],
+    ) -> Result<Tied<'a>, ResponseError> {
+        let peeked = ResponseImm::peek(imm).ok_or(ResponseError::WrongDirection { imm })?;
+        let (slot, tag) = (peeked.slot, peeked.tag);
         let (expected, abandoned) = match self.state.get(slot as usize) {
             None => {
                 return Err(ResponseError::BadSlot {
@@ -439,12 +512,16 @@ impl ClientConnection {
                 return Err(ResponseError::NotInFlight { slot })
             }
         };
-        if (expected & RESPONSE_TAG_MASK) as u8 != tag {
+        if !peeked.matches(expected) {
             return Err(ResponseError::TagMismatch {
                 slot,
                 expected,
                 tag,
             });
+        }
+        if peeked.compact {
+            let outcome = self.check_compact(slot, expected, imm, byte_len, bytes);
+            return Ok((slot, expected, abandoned, outcome));
         }
         let h = header_of(bytes).ok_or(ResponseError::Truncated {
             slot,
@@ -462,6 +539,46 @@ impl ClientConnection {
         Ok((slot, expected, abandoned, outcome))
     }
 
+    /// A compact response: the status from the immediate, the output the whole WRITE.
+    fn check_compact<'a>(
+        &self,
+        slot: u16,
+        id: u64,
+        imm: u32,
+        byte_len: usize,
+        bytes: &'a [u8],
+    ) -> Result<Completed<'a>, ResponseError> {
+        let status = self.status_of(slot, id, imm)?;
+        let max = self
+            .geometry
+            .max_output()
+            .min(bytes.len().saturating_sub(HEADER_LEN));
+        if byte_len > max {
+            let len = byte_len.min(u32::MAX as usize) as u32;
+            return Err(ResponseError::OutputOutOfBounds { slot, id, len, max });
+        }
+        Ok(Completed {
+            slot,
+            id,
+            status,
+            error_code: 0,
+            output: &bytes[HEADER_LEN..HEADER_LEN + byte_len],
+        })
+    }
+
+    /// The status byte of a response immediate tied to invocation `id` in `slot`.
+    fn status_of(&self, slot: u16, id: u64, imm: u32) -> Result<Status, ResponseError> {
+        match ResponseImm::decode(imm) {
+            Ok(r) => Ok(r.status()),
+            Err(ImmError::UnknownStatus { source, .. }) => Err(ResponseError::UnknownStatus {
+                slot,
+                id,
+                code: source.code,
+            }),
+            Err(ImmError::WrongDirection { .. }) => Err(ResponseError::WrongDirection { imm }),
+        }
+    }
+
     fn check_body<'a>(
         &self,
         slot: u16,
@@ -470,19 +587,7 @@ impl ClientConnection {
         h: &[u8; HEADER_LEN],
         bytes: &'a [u8],
     ) -> Result<Completed<'a>, ResponseError> {
-        let status = match ResponseImm::decode(imm) {
-            Ok(r) => r.status(),
-            Err(ImmError::UnknownStatus { source, .. }) => {
-                return Err(ResponseError::UnknownStatus {
-                    slot,
-                    id,
-                    code: source.code,
-                })
-            }
-            Err(ImmError::WrongDirection { .. }) => {
-                return Err(ResponseError::WrongDirection { imm })
-            }
-        };
+        let status = self.status_of(slot, id, imm)?;
         let header = ResponseHeader::decode(h).map_err(|source| ResponseError::BadHeader {
             slot,
             id,
@@ -543,10 +648,11 @@ mod tests {
     fn prepare_then_complete() {
         let g = SlotGeometry::new(2, 256).unwrap();
         let mut c = ClientConnection::new(g, 3);
+        c.set_compact(false);
         let p = c.prepare(2, 10).unwrap();
         assert_eq!((p.slot, p.id, p.remote_offset, p.write_len), (0, 1, 0, 74));
         assert_eq!(RequestImm::decode(p.imm).unwrap(), RequestImm::new(0, 1));
-        let h = RequestHeader::decode(&p.header).unwrap();
+        let h = RequestHeader::decode(&p.header.unwrap()).unwrap();
         assert_eq!((h.id, h.function, h.payload_len, h.flags), (1, 2, 10, 0));
         let q = c.prepare(0, 0).unwrap();
         assert_eq!((q.slot, q.id, q.remote_offset), (1, 2, 256));
@@ -558,26 +664,80 @@ mod tests {
 
         let bytes = response(2, Status::Ok, 0, b"out");
         let imm = ResponseImm::new(1, 2, Status::Ok).encode();
-        let done = c.on_response(imm, &bytes).unwrap();
+        let done = c.on_response(imm, 64 + 3, &bytes).unwrap();
         assert_eq!(
             (done.slot, done.id, done.status, done.output),
             (1, 2, Status::Ok, &b"out"[..])
         );
         assert_eq!(
-            c.on_response(imm, &bytes),
+            c.on_response(imm, 64 + 3, &bytes),
             Err(ResponseError::NotInFlight { slot: 1 })
         );
         assert_eq!(c.in_flight(), 1);
     }
 
     #[test]
+    fn compact_requests_and_responses() {
+        let g = SlotGeometry::new(2, 256).unwrap();
+        let mut c = ClientConnection::new(g, 3);
+        let p = c.prepare(2, 10).unwrap();
+        assert_eq!(p.header, None);
+        assert_eq!(
+            (p.slot, p.id, p.local_offset, p.remote_offset, p.write_len),
+            (0, 1, 64, 64, 10)
+        );
+        assert_eq!(
+            RequestImm::decode(p.imm).unwrap(),
+            RequestImm::compact(0, 2, 1)
+        );
+        // The output is the whole WRITE, at offset 64; the header bytes are never read.
+        let mut bytes = vec![0xeeu8; 256];
+        bytes[64..67].copy_from_slice(b"out");
+        let imm = ResponseImm::compact(0, 1, Status::Ok).encode();
+        let done = c.on_response(imm, 3, &bytes).unwrap();
+        assert_eq!(
+            (
+                done.slot,
+                done.id,
+                done.status,
+                done.error_code,
+                done.output
+            ),
+            (0, 1, Status::Ok, 0, &b"out"[..])
+        );
+        // An output longer than the slot holds fails the invocation it belongs to.
+        let p = c.prepare(0, 0).unwrap();
+        let imm = ResponseImm::compact(p.slot as u8, p.id, Status::Ok).encode();
+        assert!(matches!(
+            c.on_response(imm, 200, &bytes),
+            Err(ResponseError::OutputOutOfBounds {
+                len: 200,
+                max: 192,
+                ..
+            })
+        ));
+        // A compact tag is 14 bits: id 1 + 2^6 does not pass for id 1.
+        let p = c.prepare(0, 0).unwrap();
+        let wrong = ResponseImm::compact(p.slot as u8, p.id + 64, Status::Ok).encode();
+        assert!(matches!(
+            c.on_response(wrong, 0, &bytes),
+            Err(ResponseError::TagMismatch { .. })
+        ));
+        // A function index past 255 takes the full form.
+        let mut wide = ClientConnection::new(g, 300);
+        let p = wide.prepare(299, 1).unwrap();
+        assert!(p.header.is_some() && RequestImm::decode(p.imm).unwrap().function().is_none());
+    }
+
+    #[test]
     fn hold_and_release() {
         let g = SlotGeometry::new(1, 128).unwrap();
         let mut c = ClientConnection::new(g, 1);
+        c.set_compact(false);
         let p = c.prepare(0, 0).unwrap();
         let bytes = response(p.id, Status::Ok, 0, b"x");
         let imm = ResponseImm::new(0, p.id, Status::Ok).encode();
-        c.on_response_hold(imm, &bytes).unwrap();
+        c.on_response_hold(imm, 65, &bytes).unwrap();
         assert_eq!(c.available(), 0);
         assert!(matches!(
             c.prepare(0, 0),

@@ -23,7 +23,7 @@ use super::geometry::{GeometryError, SlotGeometry};
 
 /// Version of the wire protocol (slot layout, immediates, status codes, these messages).
 /// Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest control line a reader should accept, newline excluded (1 MiB).
 pub const MAX_CONTROL_LINE: usize = 1 << 20;
