@@ -202,7 +202,8 @@ mod tests {
         for payload in [4096usize, 65536 - 64, (1 << 20) - 64] {
             let per_chunk = options_per_chunk(payload);
             let batch = OptionBatch::generate(per_chunk, 3);
-            let encoded = encode_chunks(&batch, &[0..per_chunk], payload).unwrap();
+            let whole = chunks(0..per_chunk, per_chunk);
+            let encoded = encode_chunks(&batch, &whole, payload).unwrap();
             assert!(encoded[0].len() <= payload);
             // The function library run in-process on the archive, as an executor would.
             let (mut input_storage, mut output_storage) = (Vec::new(), Vec::new());
@@ -227,7 +228,7 @@ mod tests {
     #[test]
     fn an_oversized_chunk_is_an_error() {
         let batch = OptionBatch::generate(200, 3);
-        assert!(encode_chunks(&batch, &[0..200], payload_for(100)).is_err());
+        assert!(encode_chunks(&batch, &chunks(0..200, 200), payload_for(100)).is_err());
         assert!(decode_prices(&[0u8; 3], &mut [0.0]).is_err());
     }
 }

@@ -56,7 +56,7 @@ fn allowed_cores() -> Vec<usize> {
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .and_then(|list| rafi::cluster::manager::parse_core_list(list.trim()).ok())
+                .and_then(|list| rafi::cluster::manager::parse_core_list(list.trim()))
         })
         .unwrap_or_else(|| vec![0])
 }

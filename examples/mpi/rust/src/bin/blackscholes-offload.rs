@@ -94,7 +94,9 @@ fn main() -> ExitCode {
     let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{APP}: rank {rank}: error: {e:#}");
+            // One write: the lines of several ranks reach mpirun's stderr interleaved.
+            let line = format!("{APP}: rank {rank}: error: {e:#}\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
             ExitCode::FAILURE
         }
     };
@@ -128,7 +130,7 @@ impl<C: Communicator> FabricUser for App<'_, C> {
         let options = args
             .cluster
             .allocation_options(&format!("{APP}-rank{rank}"), args.slots, args.slot_size)
-            .and_then(|o| Ok((o.geometry.max_payload(), o)));
+            .map(|o| (o.geometry.max_payload(), o));
         let setup = options.and_then(|(max_payload, options)| {
             let per_chunk = options_per_chunk(max_payload);
             if per_chunk == 0 {

@@ -86,7 +86,9 @@ fn main() -> ExitCode {
     let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{APP}: rank {rank}: error: {e:#}");
+            // One write: the lines of several ranks reach mpirun's stderr interleaved.
+            let line = format!("{APP}: rank {rank}: error: {e:#}\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
             ExitCode::FAILURE
         }
     };
