@@ -9,7 +9,10 @@ require_cargo
 # iproute2: the tcp fabric is also tested between two network namespaces ("hosts").
 # libibverbs-dev, librdmacm-dev, libclang-dev, pkg-config: building the verbs backend
 # (rdma-sys runs bindgen on verbs.h). The soft-RoCE VM installs its own (qemu, a kernel).
-ensure_debian_packages iproute2 libibverbs-dev librdmacm-dev libclang-dev pkg-config
+# libopenmpi-dev, openmpi-bin: the MPI examples (examples/mpi/rust: the mpi crate binds
+# Open MPI with bindgen; its tests run the applications under mpirun).
+ensure_debian_packages iproute2 libibverbs-dev librdmacm-dev libclang-dev pkg-config \
+    libopenmpi-dev openmpi-bin
 
 # run_in_rxe_vm TEST[:FILTER]...: builds the integration-test targets TEST... (tests/TEST.rs
 # or tests/TEST/main.rs) with the verbs feature on the host and runs them all in one boot of
