@@ -163,7 +163,7 @@ impl FramedStream {
     fn spin(&self, since: &mut Option<Instant>, spins: &mut u32) -> Result<(), FrameError> {
         std::hint::spin_loop();
         *spins += 1;
-        if *spins % SPINS_PER_CLOCK_READ == 0 {
+        if spins.is_multiple_of(SPINS_PER_CLOCK_READ) {
             let start = *since.get_or_insert_with(Instant::now);
             if start.elapsed() > STALL {
                 return Err(FrameError::Stalled { peer: self.peer });
