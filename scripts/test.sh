@@ -9,8 +9,9 @@ require_cargo
 # iproute2: the tcp fabric is also tested between two network namespaces ("hosts").
 # libibverbs-dev, librdmacm-dev, libclang-dev, pkg-config: building the verbs backend
 # (rdma-sys runs bindgen on verbs.h). The soft-RoCE VM installs its own (qemu, a kernel).
-# libopenmpi-dev, openmpi-bin: the MPI examples (examples/mpi/rust: the mpi crate binds
-# Open MPI with bindgen; its tests run the applications under mpirun).
+# libopenmpi-dev, openmpi-bin: the MPI examples (examples/mpi/rust) and the Open MPI
+# baseline (benches/baselines): the mpi crate binds Open MPI with bindgen; their tests run
+# under mpirun.
 ensure_debian_packages iproute2 libibverbs-dev librdmacm-dev libclang-dev pkg-config \
     libopenmpi-dev openmpi-bin
 

@@ -43,6 +43,9 @@ struct Args {
     /// Test-only: the server corrupts its reply to request N (counted from 0).
     #[arg(long, hide = true)]
     corrupt_at: Option<u64>,
+    /// Test-only: the server exits (status 3) when request N arrives.
+    #[arg(long, hide = true)]
+    crash_at: Option<u64>,
 }
 
 fn main() {
@@ -67,6 +70,9 @@ fn client(args: &Args) -> Result<()> {
     ];
     if let Some(n) = args.corrupt_at {
         server_args.push(format!("--corrupt-at={n}"));
+    }
+    if let Some(n) = args.crash_at {
+        server_args.push(format!("--crash-at={n}"));
     }
     let mut server = PeerProcess::spawn(&server_args).context("starting the server process")?;
     pin(cpus.client, "client")?;
@@ -148,7 +154,11 @@ fn serve(args: &Args) -> Result<()> {
     let mut conn = FramedStream::new(stream, args.poll, "client")?;
     let mut buf = vec![0u8; HEADER + args.run.sizes.max()];
     let mut corrupter = Corrupter::new(args.corrupt_at);
-    loop {
+    for request in 0u64.. {
+        if args.crash_at == Some(request) {
+            eprintln!("baseline-tcp server: exiting at request {request} (--crash-at)");
+            std::process::exit(3);
+        }
         let n = match conn.read_frame(&mut buf) {
             Ok(n) => n,
             // The client is done.
@@ -158,4 +168,5 @@ fn serve(args: &Args) -> Result<()> {
         corrupter.apply(&mut buf[HEADER..HEADER + n]);
         conn.write_frame(&buf[..HEADER + n])?;
     }
+    Ok(())
 }
