@@ -132,10 +132,9 @@ async fn measure(
         stamp(&mut payload, round);
         let request = Bytes::copy_from_slice(&payload);
         let t0 = Instant::now();
-        let reply = client
-            .echo(request)
-            .await
-            .with_context(|| format!("call {round}"))?;
+        let reply = client.echo(request).await.with_context(|| {
+            format!("call {round} (did the server process exit? its message, if any, is above)")
+        })?;
         let elapsed = t0.elapsed();
         check_echo(&payload, &reply.payload, round)?;
         if round >= warmup {
