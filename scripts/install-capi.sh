@@ -4,25 +4,27 @@
 #   links, lib/librafi.a, include/rafi.h, include/rafi_function.h, include/rafi.f90 (the
 #   Fortran module's source) and lib/pkgconfig/rafi.pc.
 #
-#   scripts/install-capi.sh --prefix DIR [--debug] [--no-build] [--verbs]
+#   scripts/install-capi.sh --prefix DIR [--debug] [--no-build] [--from DIR] [--verbs]
 #
-# --debug installs the debug build (faster to build; the tests use it), --no-build installs
-# what was built already, --verbs builds with the verbs backend (libibverbs-dev,
-# librdmacm-dev and libclang-dev at build time). Then:
+# --debug installs the debug build (faster to build), --no-build installs what was built
+# already, --from DIR installs the libraries cargo built into DIR (e.g. target/debug;
+# implies --no-build; the tests use it), --verbs builds with the verbs backend
+# (libibverbs-dev, librdmacm-dev and libclang-dev at build time). Then:
 #   PKG_CONFIG_PATH=DIR/lib/pkgconfig mpicc app.c $(pkg-config --cflags --libs rafi)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-prefix= profile=release build=1 features=()
+prefix= profile=release build=1 features=() from=
 while [ $# -gt 0 ]; do
     case $1 in
     --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
     --prefix=*) prefix=${1#--prefix=}; shift ;;
     --debug) profile=debug; shift ;;
     --no-build) build=0; shift ;;
+    --from) from=${2:?--from needs a directory}; build=0; shift 2 ;;
     --verbs) features=(--features verbs); shift ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
@@ -30,7 +32,7 @@ done
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' rafi-capi/Cargo.toml | head -n1)
 major=${version%%.*}
-target=${CARGO_TARGET_DIR:-target}/$profile
+target=${from:-${CARGO_TARGET_DIR:-target}/$profile}
 
 if [ "$build" = 1 ]; then
     require_cargo
