@@ -12,6 +12,7 @@
 # (libibverbs-dev, librdmacm-dev and libclang-dev at build time). Then:
 #   PKG_CONFIG_PATH=DIR/lib/pkgconfig mpicc app.c $(pkg-config --cflags --libs rafi)
 set -euo pipefail
+caller=$PWD
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
@@ -29,6 +30,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$prefix" ] || die "--prefix DIR is required (see --help)"
+# Paths given relative to where the script was called from.
+[[ $prefix == /* ]] || prefix=$caller/$prefix
+[[ -z $from || $from == /* ]] || from=$caller/$from
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' rafi-capi/Cargo.toml | head -n1)
 major=${version%%.*}

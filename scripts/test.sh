@@ -9,7 +9,10 @@ require_cargo
 # iproute2: the tcp fabric is also tested between two network namespaces ("hosts").
 # libibverbs-dev, librdmacm-dev, libclang-dev, pkg-config: building the verbs backend
 # (rdma-sys runs bindgen on verbs.h). The soft-RoCE VM installs its own (qemu, a kernel).
-ensure_debian_packages iproute2 libibverbs-dev librdmacm-dev libclang-dev pkg-config
+# openmpi-bin, libopenmpi-dev, gfortran (and pkg-config): the C API's tests build the C and
+# Fortran examples with mpicc/mpifort against librafi and run them under mpirun.
+ensure_debian_packages iproute2 libibverbs-dev librdmacm-dev libclang-dev pkg-config \
+    openmpi-bin libopenmpi-dev gfortran
 
 # run_in_rxe_vm TEST[:FILTER]...: builds the integration-test targets TEST... (tests/TEST.rs
 # or tests/TEST/main.rs) with the verbs feature on the host and runs them all in one boot of
@@ -50,6 +53,8 @@ cargo fmt --all -- --check || die "formatting differs: run 'cargo fmt --all'"
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features verbs -- -D warnings
+# The C API with verbs leases (its own feature: --features above reaches the root crate only).
+cargo clippy -p rafi-capi --all-targets --locked --features verbs -- -D warnings
 # The library alone, as an MPI code links it (no CLI, benchmarks or tokio).
 cargo clippy -p rafi --lib --locked --no-default-features -- -D warnings
 

@@ -162,13 +162,13 @@ impl Allocation {
     }
 }
 
+/// Where one fan-out result goes: the caller's output buffer and the item's outcome.
+type Destination<'b> = (&'b mut [u8], &'b mut Option<Result<usize, Failure>>);
+
 /// Runs the items that have no outcome yet on one node with the client's fan-out.
 fn run_on_part(part: &Part, function: usize, items: &mut [Item<'_>]) {
     let f = part.functions[function];
-    let (inputs, mut outputs): (
-        Vec<&[u8]>,
-        Vec<(&mut [u8], &mut Option<Result<usize, Failure>>)>,
-    ) = items
+    let (inputs, mut outputs): (Vec<&[u8]>, Vec<Destination<'_>>) = items
         .iter_mut()
         .filter(|i| i.outcome.is_none())
         .map(|i| (i.input, (&mut *i.output, &mut i.outcome)))

@@ -690,3 +690,170 @@ fn finish(outcome: Result<usize, Failure>, output_len: *mut usize) -> Result<(),
     unsafe { put_optional(output_len, *outcome.as_ref().unwrap_or(&0)) };
     outcome.map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+    use std::ptr::{null, null_mut};
+
+    use super::*;
+
+    fn last() -> String {
+        // SAFETY: rafi_last_error returns this thread's NUL-terminated message.
+        unsafe { CStr::from_ptr(rafi_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn every_code_has_its_own_description() {
+        let texts: Vec<String> = (0..=Code::Bug as c_int)
+            // SAFETY: rafi_strerror returns a static NUL-terminated string.
+            .map(|c| {
+                unsafe { CStr::from_ptr(rafi_strerror(c)) }
+                    .to_string_lossy()
+                    .into()
+            })
+            .collect();
+        let unique: std::collections::HashSet<&String> = texts.iter().collect();
+        assert_eq!(unique.len(), texts.len(), "{texts:?}");
+        for unknown in [-1, Code::Bug as c_int + 1, c_int::MAX] {
+            // SAFETY: as above.
+            let text = unsafe { CStr::from_ptr(rafi_strerror(unknown)) };
+            assert_eq!(text.to_str(), Ok("unknown rafi status code"));
+        }
+    }
+
+    #[test]
+    fn null_arguments_are_errors_with_a_message() {
+        let mut client = null_mut();
+        // SAFETY: NULL strings are what is tested; `client` is a valid out-pointer.
+        let rc = unsafe { rafi_connect(null(), c"me".as_ptr(), c"pw".as_ptr(), &mut client) };
+        assert_eq!(rc, Code::Arg as c_int);
+        assert_eq!(last(), "resource_manager is NULL");
+        assert!(client.is_null());
+        let mut lease = null_mut();
+        // SAFETY: a NULL client handle is what is tested.
+        let rc = unsafe { rafi_lease_create(null(), 1, 1.0, &mut lease) };
+        assert_eq!(
+            (rc, last().as_str()),
+            (Code::Arg as c_int, "client is NULL")
+        );
+        let mut len = 7;
+        // SAFETY: a NULL allocation handle and buffers, with zero lengths.
+        let rc = unsafe { rafi_invoke(null(), 0, null(), 0, null_mut(), 0, &mut len) };
+        assert_eq!(rc, Code::Arg as c_int);
+        // SAFETY: a NULL request pointer.
+        let rc = unsafe { rafi_wait(null_mut(), &mut len) };
+        assert_eq!(
+            (rc, last().as_str()),
+            (Code::Arg as c_int, "request is NULL")
+        );
+    }
+
+    #[test]
+    fn freeing_null_handles_and_waiting_on_null_requests_succeed() {
+        let mut alloc: *mut AllocHandle = null_mut();
+        let mut request: *mut RequestHandle = null_mut();
+        let mut len = 7;
+        let mut done = 0;
+        // SAFETY: valid pointers to NULL handles.
+        unsafe {
+            assert_eq!(rafi_alloc_free(&mut alloc), 0);
+            assert_eq!(rafi_wait(&mut request, &mut len), 0);
+            assert_eq!(len, 0);
+            assert_eq!(rafi_test(&mut request, &mut done, &mut len), 0);
+            assert_eq!(done, 1);
+            let mut requests = [null_mut(), null_mut()];
+            let mut statuses = [9, 9];
+            let rc = rafi_waitall(2, requests.as_mut_ptr(), null_mut(), statuses.as_mut_ptr());
+            assert_eq!((rc, statuses), (0, [0, 0]));
+        }
+    }
+
+    #[test]
+    fn an_unreachable_resource_manager_is_a_connect_error() {
+        let mut client = null_mut();
+        // SAFETY: valid strings and out-pointer.
+        let rc = unsafe {
+            rafi_connect(
+                c"127.0.0.1:1".as_ptr(),
+                c"me".as_ptr(),
+                c"pw".as_ptr(),
+                &mut client,
+            )
+        };
+        assert_eq!(rc, Code::Connect as c_int, "{}", last());
+        assert!(last().contains("cannot reach the resource manager at 127.0.0.1:1"));
+    }
+
+    #[test]
+    fn a_panic_is_returned_as_a_bug_not_unwound() {
+        let rc = guard(|| panic!("boom"));
+        assert_eq!(rc, Code::Bug as c_int);
+        assert!(last().contains("boom"), "{}", last());
+    }
+
+    #[test]
+    fn leases_export_and_import_and_refuse_garbage() {
+        let client = Client {
+            leases: LeaseClient::new("127.0.0.1:1", "me", "pw"),
+        };
+        let json = c"{\"lease\":5,\"client\":\"me\",\"expires_at\":1,\"parts\":[]}";
+        let mut lease = null_mut();
+        // SAFETY: valid client, string and out-pointer.
+        assert_eq!(
+            unsafe { rafi_lease_import(&client, json.as_ptr(), &mut lease) },
+            0
+        );
+        let mut small = [0 as c_char; 8];
+        let mut len = 0;
+        // SAFETY: a live lease; the buffer holds 8 bytes.
+        let rc = unsafe { rafi_lease_export(lease, small.as_mut_ptr(), 8, &mut len) };
+        assert_eq!(rc, Code::Truncated as c_int);
+        let mut buffer = vec![0 as c_char; len + 1];
+        // SAFETY: as above, with room for the text and its NUL.
+        let rc = unsafe { rafi_lease_export(lease, buffer.as_mut_ptr(), buffer.len(), &mut len) };
+        assert_eq!(rc, 0);
+        // SAFETY: export wrote a NUL-terminated string.
+        let text = unsafe { CStr::from_ptr(buffer.as_ptr()) }.to_str().unwrap();
+        assert!(text.contains("\"lease\":5"), "{text}");
+        let (mut id, mut cores, mut nodes) = (0, -1, -1);
+        // SAFETY: a live lease and valid out-pointers.
+        assert_eq!(
+            unsafe { rafi_lease_info(lease, &mut id, &mut cores, &mut nodes) },
+            0
+        );
+        assert_eq!((id, cores, nodes), (5, 0, 0));
+        // An allocation on a lease without parts is refused, not attempted.
+        let mut alloc = null_mut();
+        // SAFETY: a live lease and valid strings.
+        let rc = unsafe { rafi_alloc_create(lease, c"echo".as_ptr(), &mut alloc) };
+        assert_eq!(rc, Code::Lease as c_int, "{}", last());
+        // SAFETY: the lease handle is live; freeing it does not call the resource manager.
+        assert_eq!(unsafe { rafi_lease_free(&mut lease) }, 0);
+        assert!(lease.is_null());
+        // SAFETY: valid client and string.
+        let rc = unsafe { rafi_lease_import(&client, c"{\"lease\": \"x\"}".as_ptr(), &mut lease) };
+        assert_eq!(rc, Code::Arg as c_int);
+        assert!(
+            last().starts_with("not a lease from rafi_lease_export"),
+            "{}",
+            last()
+        );
+    }
+
+    #[test]
+    fn allocation_settings_are_checked() {
+        assert!(part::options(0, 0, 0.0, 0.0).is_ok());
+        let bad_timeout = part::options(0, 0, -1.0, 0.0).unwrap_err();
+        assert_eq!(bad_timeout.code, Code::Arg);
+        assert!(bad_timeout.message.contains("timeout_s"), "{bad_timeout:?}");
+        assert_eq!(part::options(0, 3, 0.0, 0.0).unwrap_err().code, Code::Arg);
+        let o = part::options(4, 4096, 2.5, -1.0).unwrap();
+        assert_eq!(
+            (o.geometry.slots(), o.timeout, o.spin),
+            (4, Duration::from_millis(2500), None)
+        );
+    }
+}
