@@ -25,7 +25,11 @@
  * Buffers. Inputs and outputs are the caller's memory: the input is written once into a
  * registered slot and sent with one RDMA write; the output is copied once from its
  * registered slot into the caller's buffer. For non-blocking invocations the caller must
- * leave both buffers alone until the request completes (as for MPI_Isend/MPI_Irecv).
+ * leave both buffers alone until the request completes (as for MPI_Isend/MPI_Irecv), and
+ * requests in flight must not share an output buffer.
+ *
+ * Environment: RAFI_TCP_LISTEN (ip:port) is where the client listens on the tcp fabric
+ * (default: loopback, executors on this host only).
  *
  * Handles are freed by the call that ends them (rafi_*_free, rafi_*_release,
  * rafi_disconnect, and the completion of a request), which also sets the caller's handle

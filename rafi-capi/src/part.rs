@@ -56,8 +56,11 @@ impl AnyLeased {
                 } else {
                     rdma_mock::Fabric::Tcp
                 };
-                let device = rdma_mock::Device::open(rdma_mock::DeviceConfig::new(kind))
-                    .map_err(|e| fabric_failure(&e))?;
+                let mut config = rdma_mock::DeviceConfig::new(kind);
+                if let Some(listen) = tcp_listen()? {
+                    config.tcp_listen = listen;
+                }
+                let device = rdma_mock::Device::open(config).map_err(|e| fabric_failure(&e))?;
                 Ok(Self::Mock(Leased::allocate(
                     device, part, functions, mode, options,
                 )?))
@@ -130,6 +133,19 @@ impl AnyLeased {
             }
             Failure::from(e)
         })
+    }
+}
+
+/// Where the client's tcp-fabric device listens: `RAFI_TCP_LISTEN` (`ip:port`, port 0 for
+/// any), else loopback, which reaches executors on this host only.
+fn tcp_listen() -> Result<Option<std::net::SocketAddr>, Failure> {
+    match std::env::var("RAFI_TCP_LISTEN") {
+        Err(_) => Ok(None),
+        Ok(text) => text.parse().map(Some).map_err(|e| {
+            Failure::arg(format!(
+                "RAFI_TCP_LISTEN={text} is not an ip:port address: {e}"
+            ))
+        }),
     }
 }
 
