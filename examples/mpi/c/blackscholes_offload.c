@@ -4,7 +4,10 @@
  * computation. Reports the local-only time, the local+remote time, the speedup and the
  * cost of one invocation (a blocking round trip of a one-option batch).
  *
- *   mpirun -np 2 ./blackscholes_offload [OPTIONS_PER_RANK [LOCAL_THREADS [REMOTE_CORES]]]
+ *   mpirun -np 2 ./blackscholes_offload [OPTIONS_PER_RANK [LOCAL_THREADS [REMOTE_CORES [MODE]]]]
+ *
+ * MODE is the executors' polling mode: hot (the default: they spin on their leased cores)
+ * or warm (they sleep when idle).
  *
  * The options are cut into batches of BATCH; local threads and the remote feeder take the
  * next batch from one shared counter, so the split follows whoever is faster. The feeder
@@ -88,6 +91,7 @@ int main(int argc, char **argv) {
     size_t options = argc > 1 ? strtoul(argv[1], NULL, 10) : 1u << 20;
     int threads = argc > 2 ? atoi(argv[2]) : 1;
     int cores = argc > 3 ? atoi(argv[3]) : 1;
+    const char *mode = argc > 4 ? argv[4] : "hot";
     if (threads < 0 || threads > 64 || cores < 1 || options < BATCH) {
         if (rank == 0) fprintf(stderr, "usage: %s [OPTIONS>=%d [THREADS 0-64 [CORES>=1]]]\n", argv[0], BATCH);
         MPI_Finalize();
@@ -114,7 +118,8 @@ int main(int argc, char **argv) {
     rafi_alloc *alloc = NULL;
     CHECK(rafi_connect_env(&client));
     CHECK(rafi_lease_create(client, cores, 600.0, &lease));
-    CHECK(rafi_alloc_create(lease, "blackscholes", &alloc));
+    rafi_alloc_config config = {.functions = "blackscholes", .mode = mode};
+    CHECK(rafi_alloc_create_ex(lease, &config, &alloc));
     int bs, workers;
     CHECK(rafi_function(alloc, "blackscholes", &bs));
     CHECK(rafi_alloc_info(alloc, NULL, &workers));
