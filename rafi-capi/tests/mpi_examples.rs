@@ -129,12 +129,14 @@ impl Setup {
                 .arg(root().join("examples/functions/c"))
                 .arg(format!("OUT={}", functions.display())),
         );
-        // One core per rank, on one node; at most two ranks.
-        let cores: Vec<usize> = (0..std::thread::available_parallelism().map_or(1, |n| n.get()))
+        // One node per core, at most two: a rank leases one core; a lease of two spans both.
+        let nodes: Vec<Vec<usize>> = (0..std::thread::available_parallelism()
+            .map_or(1, |n| n.get()))
             .take(2)
+            .map(|core| vec![core])
             .collect();
-        let ranks = cores.len();
-        let mut config = LocalClusterConfig::new(FabricKind::Shm, vec![cores]);
+        let ranks = nodes.len();
+        let mut config = LocalClusterConfig::new(FabricKind::Shm, nodes);
         config.executor_binary = rafi_binary(&out_dir);
         config.libraries = vec![
             functions.join("libecho.so"),
@@ -164,6 +166,10 @@ impl Setup {
 
     /// `mpirun -np <ranks> program` with the cluster's address and credential.
     fn mpirun(&self, program: &str) -> Command {
+        self.mpirun_np(self.ranks, program)
+    }
+
+    fn mpirun_np(&self, ranks: usize, program: &str) -> Command {
         let mut command = Command::new("mpirun");
         // Open MPI refuses root without this (CI runs as root).
         if std::env::var("USER").is_ok_and(|u| u == "root") || is_root() {
@@ -172,7 +178,7 @@ impl Setup {
         // A hang is a failure, not a stuck CI job.
         command
             .args(["--oversubscribe", "--timeout", "300", "-np"])
-            .arg(self.ranks.to_string())
+            .arg(ranks.to_string())
             .arg(self.bin.join(program))
             .env("RAFI_RESOURCE_MANAGER", self.cluster.resource_manager())
             .env("RAFI_CLIENT", "local")
@@ -219,6 +225,17 @@ fn mpi_examples() {
             out.contains(&format!("echo answered \"hello from rank {rank}\"")),
             "{out}"
         );
+    }
+
+    // One rank, a lease over every node: an executor on each, fan-out across them.
+    if setup.ranks == 2 {
+        let output = run(
+            "hello_offload over two nodes",
+            setup.mpirun_np(1, "hello_offload").arg("2"),
+        );
+        let out = text(&output);
+        assert!(out.contains("2 core(s) on 2 node(s), 2 worker(s)"), "{out}");
+        assert!(out.contains("hello_offload: all checks passed"), "{out}");
     }
 
     // The offload application, small: local threads and remote workers share the batches

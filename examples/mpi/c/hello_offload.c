@@ -4,7 +4,10 @@
  * test/waitall, and a fan-out of many inputs; then frees and releases everything.
  *
  *   RAFI_RESOURCE_MANAGER=host:port RAFI_CLIENT=name RAFI_CLIENT_SECRET=secret \
- *       mpirun -np 2 ./hello_offload
+ *       mpirun -np 2 ./hello_offload [CORES_PER_RANK]
+ *
+ * A lease of more cores than one node has spans nodes: the allocation then has an
+ * executor on each, and the fan-out and the requests use all of them.
  */
 #include "common.h"
 
@@ -21,7 +24,8 @@ int main(int argc, char **argv) {
     rafi_lease *lease = NULL;
     rafi_alloc *alloc = NULL;
     CHECK(rafi_connect_env(&client));
-    CHECK(rafi_lease_create(client, 1, 300.0, &lease));
+    int wanted = argc > 1 ? atoi(argv[1]) : 1;
+    CHECK(rafi_lease_create(client, wanted, 300.0, &lease));
     uint64_t lease_id;
     int cores, nodes;
     CHECK(rafi_lease_info(lease, &lease_id, &cores, &nodes));
