@@ -9,11 +9,12 @@ require_cargo
 # iproute2: the tcp fabric is also tested between two network namespaces ("hosts").
 # libibverbs-dev, librdmacm-dev, libclang-dev, pkg-config: building the verbs backend
 # (rdma-sys runs bindgen on verbs.h). The soft-RoCE VM installs its own (qemu, a kernel).
-# libopenmpi-dev, openmpi-bin: the MPI examples (examples/mpi/rust) and the Open MPI
-# baseline (benches/baselines): the mpi crate binds Open MPI with bindgen; their tests run
-# under mpirun.
+# libopenmpi-dev, openmpi-bin, gfortran: the MPI examples (examples/mpi/rust) and the Open
+# MPI baseline (benches/baselines) bind Open MPI with bindgen (the mpi crate); the C API's
+# tests build the C and Fortran examples with mpicc/mpifort against librafi; all of them
+# run under mpirun.
 ensure_debian_packages iproute2 libibverbs-dev librdmacm-dev libclang-dev pkg-config \
-    libopenmpi-dev openmpi-bin
+    libopenmpi-dev openmpi-bin gfortran
 
 # run_in_rxe_vm TEST[:FILTER]...: builds the integration-test targets TEST... (tests/TEST.rs
 # or tests/TEST/main.rs) with the verbs feature on the host and runs them all in one boot of
@@ -54,6 +55,8 @@ cargo fmt --all -- --check || die "formatting differs: run 'cargo fmt --all'"
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features verbs -- -D warnings
+# The C API with verbs leases (its own feature: --features above reaches the root crate only).
+cargo clippy -p rafi-capi --all-targets --locked --features verbs -- -D warnings
 # The library alone, as an MPI code links it (no CLI, benchmarks or tokio).
 cargo clippy -p rafi --lib --locked --no-default-features -- -D warnings
 
