@@ -146,10 +146,7 @@ fn run_count(
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(InvokeBenchError::Panicked))
-            })
+            .map(|h| h.join().unwrap_or(Err(InvokeBenchError::Panicked)))
             .collect()
     });
     let mut recorder = LatencyRecorder::new();

@@ -116,8 +116,7 @@ impl Plot {
             .series
             .iter()
             .map(|s| {
-                let mut pts: Vec<(f64, f64)> =
-                    s.points.iter().copied().filter(placeable).collect();
+                let mut pts: Vec<(f64, f64)> = s.points.iter().copied().filter(placeable).collect();
                 pts.sort_by(|a, b| a.0.total_cmp(&b.0));
                 (s.label.as_str(), pts)
             })
@@ -474,7 +473,11 @@ mod tests {
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<svg").count(), 1);
-        assert_eq!(svg.matches("<polyline").count(), 2, "one polyline per series");
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            2,
+            "one polyline per series"
+        );
         assert_eq!(svg.matches("</polyline>").count(), 2);
         assert!(svg.contains("class=\"axes\""));
         assert!(svg.contains("class=\"xtick\""));

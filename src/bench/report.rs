@@ -285,7 +285,10 @@ mod tests {
         a.merge(&b);
         a.merge(&LatencyRecorder::new());
         let r = a.report("clients", "shm", "rafi.noop", 0, 0);
-        assert_eq!((r.iters, r.min_ns, r.max_ns, r.p50_ns), (1000, 1, 1000, 500));
+        assert_eq!(
+            (r.iters, r.min_ns, r.max_ns, r.p50_ns),
+            (1000, 1, 1000, 500)
+        );
     }
 
     #[test]

@@ -83,22 +83,24 @@ impl Results {
                     reason: "not an object".into(),
                 });
             };
-            let key = obj.get("key").and_then(Value::as_str).ok_or(
-                SummaryError::MissingField {
+            let key = obj
+                .get("key")
+                .and_then(Value::as_str)
+                .ok_or(SummaryError::MissingField {
                     line: line_no,
                     field: "key",
-                },
-            )?;
+                })?;
             if key == "machine" {
                 r.machine = obj;
                 continue;
             }
-            let round = obj.get("round").and_then(Value::as_u64).ok_or(
-                SummaryError::MissingField {
-                    line: line_no,
-                    field: "round",
-                },
-            )?;
+            let round =
+                obj.get("round")
+                    .and_then(Value::as_u64)
+                    .ok_or(SummaryError::MissingField {
+                        line: line_no,
+                        field: "round",
+                    })?;
             r.rounds.insert(round);
             r.rows.push(obj);
         }
@@ -316,9 +318,8 @@ impl Results {
 
     fn throughput_table(&self, s: &mut String) {
         let cores = self.machine.get("cores").and_then(Value::as_u64);
-        let one = self.median_of(|r| {
-            self.field(r, "throughput", Some(("workers", 1)), "throughput_ops")
-        });
+        let one =
+            self.median_of(|r| self.field(r, "throughput", Some(("workers", 1)), "throughput_ops"));
         let depth = self
             .rows
             .iter()
@@ -333,9 +334,8 @@ impl Results {
         let mut workers: BTreeSet<u64> = SCALING_WORKERS.into_iter().collect();
         workers.extend(self.values_of("throughput", "workers"));
         for n in workers {
-            let ops = self.median_of(|r| {
-                self.field(r, "throughput", Some(("workers", n)), "throughput_ops")
-            });
+            let ops = self
+                .median_of(|r| self.field(r, "throughput", Some(("workers", n)), "throughput_ops"));
             let (target, result) = if n == 1 {
                 (
                     format!("≥ {} M/s per worker", PER_WORKER_TARGET / 1e6),
@@ -392,10 +392,7 @@ impl Results {
         );
         for n in counts {
             let by = Some(("clients", n));
-            let row = self
-                .rounds
-                .iter()
-                .find_map(|&r| self.row(r, "clients", by));
+            let row = self.rounds.iter().find_map(|&r| self.row(r, "clients", by));
             let get = |f: &str| row.and_then(|r| r.get(f)).map(|v| v.to_string());
             let _ = writeln!(
                 s,
@@ -457,7 +454,10 @@ impl Results {
             let max = measured.iter().map(|p| p.0).fold(1.0, f64::max);
             tput.series.push(Series::new(
                 &format!("target: {SCALING_TARGET} × N × one worker"),
-                vec![(1.0, SCALING_TARGET * one), (max, SCALING_TARGET * max * one)],
+                vec![
+                    (1.0, SCALING_TARGET * one),
+                    (max, SCALING_TARGET * max * one),
+                ],
             ));
         }
         tput.series.insert(0, Series::new("rafi", measured));
@@ -466,7 +466,11 @@ impl Results {
         let mut cdf = Plot::new(
             "Latency distribution, 64 B (percentiles of the last round)",
             Axis::new("round-trip latency", Scale::Log, Units::Nanos),
-            Axis::new("fraction of calls at or below", Scale::Linear, Units::Percent),
+            Axis::new(
+                "fraction of calls at or below",
+                Scale::Linear,
+                Units::Percent,
+            ),
         );
         let last = self.rounds.iter().next_back().copied();
         for (label, key) in [
@@ -613,7 +617,10 @@ mod tests {
     fn sections() {
         let doc = format!("intro\n{BEGIN_MARK}\nold\n{END_MARK}\noutro\n");
         let new = replace_section(&doc, "new table\n").unwrap();
-        assert_eq!(new, format!("intro\n{BEGIN_MARK}\n\nnew table\n{END_MARK}\noutro\n"));
+        assert_eq!(
+            new,
+            format!("intro\n{BEGIN_MARK}\n\nnew table\n{END_MARK}\noutro\n")
+        );
         // Idempotent: regenerating keeps one section.
         let again = replace_section(&new, "newer").unwrap();
         assert_eq!(again.matches(BEGIN_MARK).count(), 1);

@@ -55,22 +55,30 @@ pub struct ThroughputConfig {
     pub libraries: Vec<std::path::PathBuf>,
 }
 
-/// The cores for `workers` workers by default: the client on the first core this process
-/// may use, the workers on the next ones.
+/// The cores this process may use, for [`default_cores`]: read it before a run pins the
+/// process to one of them.
+pub fn usable_cores() -> Vec<usize> {
+    allowed_cpus().unwrap_or_else(|| {
+        let p = CpuPair::default_for_this_process();
+        vec![p.client, p.server]
+    })
+}
+
+/// The cores for `workers` workers by default, out of `allowed` ([`usable_cores`]): the
+/// client on the first, the workers on the next ones.
 ///
 /// # Errors
 /// When fewer than `workers + 1` cores are allowed, with the list that is.
-pub fn default_cores(workers: usize) -> Result<(usize, Vec<usize>), InvokeBenchError> {
-    let allowed = allowed_cpus().unwrap_or_else(|| {
-        let p = CpuPair::default_for_this_process();
-        vec![p.client, p.server]
-    });
+pub fn default_cores(
+    allowed: &[usize],
+    workers: usize,
+) -> Result<(usize, Vec<usize>), InvokeBenchError> {
     if allowed.len() < workers + 1 {
         return Err(InvokeBenchError::Config(format!(
             "{workers} worker(s) need {} cores (one for the client), but this process may use \
              only cpus {} (give --client-cpu and --executor-cores to share cores on purpose)",
             workers + 1,
-            format_cpu_list(&allowed)
+            format_cpu_list(allowed)
         )));
     }
     Ok((allowed[0], allowed[1..=workers].to_vec()))

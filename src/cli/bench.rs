@@ -74,3 +74,17 @@ pub fn printer(json: bool) -> ReportPrinter {
         OutputFormat::Table
     })
 }
+
+/// Runs one measurement on a thread of its own: a measurement pins its thread (and the
+/// executor it spawns inherits the affinity of the spawning thread), so a sweep that runs
+/// several keeps this thread, and the next executor, free to use every core.
+///
+/// # Errors
+/// The measurement's, or one saying that it panicked.
+pub fn on_own_thread<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the measuring thread panicked")))
+    })
+}

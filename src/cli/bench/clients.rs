@@ -75,10 +75,7 @@ pub fn run(args: &ClientsArgs) -> anyhow::Result<()> {
         size: args.size,
         iters: args.iters,
         warmup: args.warmup.unwrap_or(args.iters / 10),
-        client_cores: args
-            .client_cores
-            .clone()
-            .map_or(vec![pair.client], |c| c.0),
+        client_cores: args.client_cores.clone().map_or(vec![pair.client], |c| c.0),
         executor_cores: args
             .executor_cores
             .clone()
@@ -97,7 +94,10 @@ pub fn run(args: &ClientsArgs) -> anyhow::Result<()> {
         for (report, _) in &results {
             eprintln!(
                 "{} client(s): {:.3} M invocations/s in all",
-                report.extra.get("clients").map_or("?".into(), |v| v.to_string()),
+                report
+                    .extra
+                    .get("clients")
+                    .map_or("?".into(), |v| v.to_string()),
                 report
                     .extra
                     .get("throughput_ops")

@@ -73,6 +73,11 @@ pub fn run(args: &InvokeArgs) -> anyhow::Result<()> {
     } else {
         args.sizes.clone()
     };
+    // Chosen before the first run pins this process to one core.
+    let cpus = args
+        .run
+        .cpus
+        .unwrap_or_else(CpuPair::default_for_this_process);
     let mut printer = super::printer(args.run.json);
     let mut progress = Progress::new("sweep", sizes.len() as u64);
     let mut results = Vec::with_capacity(sizes.len());
@@ -98,13 +103,12 @@ pub fn run(args: &InvokeArgs) -> anyhow::Result<()> {
             libraries: args.library.clone(),
             gap: Duration::from_micros(args.gap_us),
             idle: Duration::from_micros(args.idle_us),
-            cpus: args
-                .run
-                .cpus
-                .unwrap_or_else(CpuPair::default_for_this_process),
+            cpus,
         };
-        let (report, recorder) = invoke::run_recorded(&config, &["executor"])
-            .with_context(|| format!("invoke {size} B over {}", args.fabric.fabric))?;
+        let (report, recorder) = super::on_own_thread(|| {
+            invoke::run_recorded(&config, &["executor"])
+                .with_context(|| format!("invoke {size} B over {}", args.fabric.fabric))
+        })?;
         printer.print(&report);
         results.push((report, recorder));
     }
@@ -123,7 +127,11 @@ pub fn run(args: &InvokeArgs) -> anyhow::Result<()> {
             Plot::new(
                 &format!("rafi {} latency CDF, {} B", args.function, report.size),
                 Axis::new("latency", Scale::Log, Units::Nanos),
-                Axis::new("fraction of calls at or below", Scale::Linear, Units::Percent),
+                Axis::new(
+                    "fraction of calls at or below",
+                    Scale::Linear,
+                    Units::Percent,
+                ),
             )
             .with(Series::new(
                 &args.function,

@@ -62,8 +62,5 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
 /// under the file's directory.
 fn link_from(md: &Path, dir: &Path) -> String {
     let base = md.parent().unwrap_or(Path::new(""));
-    dir.strip_prefix(base)
-        .unwrap_or(dir)
-        .display()
-        .to_string()
+    dir.strip_prefix(base).unwrap_or(dir).display().to_string()
 }

@@ -68,7 +68,9 @@ pub use super::cores::CoreArg;
 fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
-        _ => Err(format!("'{s}' is not a number of seconds between 0 and 86400")),
+        _ => Err(format!(
+            "'{s}' is not a number of seconds between 0 and 86400"
+        )),
     }
 }
 
@@ -78,8 +80,12 @@ pub fn run(args: &ThroughputArgs) -> anyhow::Result<()> {
         (Some(n), None) => Stop::Iters(n),
         (None, None) => Stop::Iters(2_000_000),
     };
+    // Read before the first run pins this process to one core.
+    let allowed = throughput::usable_cores();
     let mut printer = super::printer(args.json);
     let mut points = Vec::new();
+    // Every worker count's cores first, so that one that does not fit fails before any run.
+    let mut runs = Vec::with_capacity(args.workers.len());
     for &n in &args.workers {
         let n = n as usize;
         let (client_cpu, executor_cores) = match (&args.executor_cores, args.client_cpu) {
@@ -92,15 +98,18 @@ pub fn run(args: &ThroughputArgs) -> anyhow::Result<()> {
                 }
                 let client = match client {
                     Some(c) => c,
-                    None => throughput::default_cores(0)?.0,
+                    None => throughput::default_cores(&allowed, 0)?.0,
                 };
                 (client, cores[..n].to_vec())
             }
             (None, client) => {
-                let (first, cores) = throughput::default_cores(n)?;
+                let (first, cores) = throughput::default_cores(&allowed, n)?;
                 (client.unwrap_or(first), cores)
             }
         };
+        runs.push((n, client_cpu, executor_cores));
+    }
+    for (n, client_cpu, executor_cores) in runs {
         let config = ThroughputConfig {
             fabric: rafi::bench::invoke::fabric_config(
                 args.fabric.fabric,
@@ -121,8 +130,11 @@ pub fn run(args: &ThroughputArgs) -> anyhow::Result<()> {
             record_latency: !args.no_latency,
             libraries: args.library.clone(),
         };
-        let (report, _) = throughput::run(&config, &["executor"])
-            .with_context(|| format!("throughput with {n} worker(s) over {}", args.fabric.fabric))?;
+        let (report, _) = super::on_own_thread(|| {
+            throughput::run(&config, &["executor"]).with_context(|| {
+                format!("throughput with {n} worker(s) over {}", args.fabric.fabric)
+            })
+        })?;
         let ops = report
             .extra
             .get("throughput_ops")
