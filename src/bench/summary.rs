@@ -302,9 +302,9 @@ impl Results {
         let warm = self.ratio(("invoke-warm", None), ("floor-wake", None), "p50_ns");
         let _ = writeln!(
             s,
-            "| warm invocation, 64 B (worker asleep) | {} | {} × wake | ≤ 1.5 × wake |",
+            "| warm invocation, 64 B (worker asleep) | {} | {} | ≤ 1.5 × wake |",
             ns(self.p50("invoke-warm", None)),
-            verdict(warm, |r| r <= 1.5)
+            verdict_in(warm, " × wake", |r| r <= 1.5)
         );
         let cold = self.p50("cold", None);
         let _ = writeln!(
@@ -464,7 +464,7 @@ impl Results {
         out.push(("throughput-vs-workers.svg".to_string(), tput));
 
         let mut cdf = Plot::new(
-            "Latency distribution, 64 B (percentiles of the last round)",
+            "Latency distribution, 64 B (percentiles of the latest round)",
             Axis::new("round-trip latency", Scale::Log, Units::Nanos),
             Axis::new(
                 "fraction of calls at or below",
@@ -472,14 +472,20 @@ impl Results {
                 Units::Percent,
             ),
         );
-        let last = self.rounds.iter().next_back().copied();
         for (label, key) in [
             ("rafi hot invocation", "invoke-hot"),
             ("raw fabric ping-pong", "pingpong"),
             ("Open MPI ping-pong", "baseline-mpi"),
             ("gRPC unary", "baseline-grpc"),
         ] {
-            let Some(row) = last.and_then(|r| self.row(r, key, Some(("size", 64)))) else {
+            // The latest round that has the percentiles (a peer may print fewer fields).
+            let Some(row) = self
+                .rounds
+                .iter()
+                .rev()
+                .filter_map(|&r| self.row(r, key, Some(("size", 64))))
+                .find(|row| row.contains_key("p99_ns"))
+            else {
                 continue;
             };
             let points: Vec<(f64, f64)> = [
@@ -493,7 +499,9 @@ impl Results {
             .into_iter()
             .filter_map(|(f, q)| Some((row.get(f)?.as_f64()?, q)))
             .collect();
-            cdf.series.push(Series::new(label, points));
+            if points.len() >= 2 {
+                cdf.series.push(Series::new(label, points));
+            }
         }
         out.push(("latency-cdf.svg".to_string(), cdf));
         out
