@@ -98,8 +98,11 @@ run() {
 }
 n() { local v=$(($1 / DIV)); [ "$v" -ge 1 ] || v=1; echo "$v"; }
 
-SWEEP=1,8,64,1K,4K,16K,64K,256K,1M,4M
-PEER_SIZES=1,8,64,1024,4096,16384,65536,262144,1048576,4194304
+# Throughput: one worker always; more where the client and N workers each have a core.
+workers=1
+for w in 2 4 8 14; do
+    [ "${#CORES[@]}" -ge $((w + 1)) ] && workers=$workers,$w
+done
 
 for round in $(seq "$ROUNDS"); do
     step "round $round of $ROUNDS"
@@ -111,6 +114,7 @@ for round in $(seq "$ROUNDS"); do
     run invoke-hot-noop "$rafi" bench invoke --fabric shm --mode hot --function rafi.noop --size 0 --iters "$(n 100000)" --cpus "$CPUS" --json
     run invoke-hot "$rafi" bench invoke --fabric shm --mode hot --sizes 1,8,64 --iters "$(n 100000)" --cpus "$CPUS" --json
     run invoke-warm "$rafi" bench invoke --fabric shm --mode warm --size 64 --iters "$(n 20000)" --cpus "$CPUS" --json
+    run throughput "$rafi" bench throughput --fabric shm --function rafi.noop --workers "$workers" --depth 32 --iters "$(n 2000000)" --warmup "$(n 200000)" --json
     if [ "$BASELINES" = 1 ]; then
         run baseline-mpi taskset -c "$CPUS" mpirun -np 2 "${mpirun_flags[@]}" --bind-to none \
             "$target/release/baseline-mpi" --op pingpong --sizes 1,8,64 --iters "$(n 100000)" --json
@@ -119,9 +123,9 @@ for round in $(seq "$ROUNDS"); do
     fi
 done
 
-# Once: the sweep beyond 64 B, throughput, clients, cold starts (round 1 of their own).
+# Once: the sweep beyond 64 B, clients, cold starts (round 1 of their own).
 round=1
-step "payload sweep, throughput, clients, cold start"
+step "payload sweep, clients, cold start"
 for size in 1K 4K 16K 64K 256K 1M 4M; do
     run pingpong "$rafi" bench pingpong --fabric shm --size "$size" --iters "$(n 20000)" --cpus "$CPUS" --json
 done
@@ -133,12 +137,6 @@ if [ "$BASELINES" = 1 ]; then
     run baseline-tcp "$target/release/baseline-tcp" --sizes "$big" --iters "$(n 5000)" --cpus "$CPUS" --json
     run baseline-grpc "$target/release/baseline-grpc" --sizes "$big" --iters "$(n 2000)" --cpus "$CPUS" --json
 fi
-# Throughput: one worker always; more where the client and N workers each have a core.
-workers=1
-for w in 2 4 8 14; do
-    [ "${#CORES[@]}" -ge $((w + 1)) ] && workers=$workers,$w
-done
-run throughput "$rafi" bench throughput --fabric shm --function rafi.noop --workers "$workers" --depth 32 --iters "$(n 2000000)" --warmup "$(n 200000)" --json
 run clients "$rafi" bench clients --fabric shm --clients 1,2,4,8 --iters "$(n 20000)" --client-cores "$CLIENT" --executor-cores "$SERVER" --json
 run cold "$rafi" bench cold --fabric shm --iters "$(n 50)" --cpus "$CPUS" --json
 

@@ -146,7 +146,7 @@ impl Plot {
             escape(&self.title)
         );
         // Grid and ticks.
-        for t in xr.ticks() {
+        for t in xr.ticks(self.x.units) {
             let x = px(t);
             let _ = writeln!(
                 s,
@@ -160,7 +160,7 @@ impl Plot {
                 escape(&format_value(t, self.x.units))
             );
         }
-        for t in yr.ticks() {
+        for t in yr.ticks(self.y.units) {
             let y = py(t);
             let _ = writeln!(
                 s,
@@ -304,10 +304,19 @@ impl Range {
         (t - self.lo) / (self.hi - self.lo)
     }
 
-    /// Tick values: each decade on a log axis (every other one beyond eight), round steps
-    /// on a linear one.
-    fn ticks(&self) -> Vec<f64> {
+    /// Tick values: each decade on a log axis (every other one beyond eight; powers of two
+    /// for bytes), round steps on a linear one.
+    fn ticks(&self, units: Units) -> Vec<f64> {
         match self.scale {
+            // Byte counts read best at powers of two (1, 16, 256, 4K, …).
+            Scale::Log if units == Units::Bytes => {
+                let lo = (self.lo * std::f64::consts::LOG2_10).ceil() as i32;
+                let hi = (self.hi * std::f64::consts::LOG2_10).floor() as i32;
+                let step = ((hi - lo) / 8 + 1).max(1);
+                // Even steps keep the ticks on powers of four (1, 16, 256, …).
+                let step = (step + step % 2) as usize;
+                (lo..=hi).step_by(step).map(|e| 2f64.powi(e)).collect()
+            }
             Scale::Log => {
                 let decades = (self.hi - self.lo).round() as i32;
                 let every = if decades > 8 { 2 } else { 1 };
@@ -554,6 +563,10 @@ mod tests {
     fn tick_labels() {
         assert_eq!(format_value(4.0 * 1024.0 * 1024.0, Units::Bytes), "4M");
         assert_eq!(format_value(1024.0, Units::Bytes), "1K");
+        let bytes = Range::of([1.0, 4e6].into_iter(), Scale::Log);
+        let ticks = bytes.ticks(Units::Bytes);
+        assert!(ticks.len() <= 10 && ticks[0] == 1.0, "{ticks:?}");
+        assert!(ticks.iter().all(|t| t.log2().fract() == 0.0), "{ticks:?}");
         assert_eq!(format_value(350.0, Units::Nanos), "350ns");
         assert_eq!(format_value(1500.0, Units::Nanos), "1.5µs");
         assert_eq!(format_value(0.99, Units::Percent), "99%");
