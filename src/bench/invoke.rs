@@ -20,10 +20,14 @@ use serde::Deserialize;
 
 use super::control::{ControlError, PeerProcess};
 use super::cpus::{check_allowed, pin, CpuError, CpuPair};
+use super::progress::Progress;
 use super::report::{LatencyRecorder, LatencyReport};
 use crate::client::{AllocateError, Allocation, AllocationOptions, InvokeError};
 use crate::fabric::{self, Fabric, FabricConfig, FabricError, FabricKind, FabricUser};
 use crate::protocol::{SlotGeometry, HEADER_LEN};
+
+/// Invocations between two looks at the progress bar (outside the timed window).
+const PROGRESS_EVERY: u64 = 4096;
 
 /// The `scenario` field of this benchmark's reports.
 pub const SCENARIO: &str = "invoke";
@@ -64,6 +68,8 @@ pub enum InvokeBenchError {
     Allocate(#[from] AllocateError),
     #[error("invocation {index}")]
     Invoke { index: u64, source: InvokeError },
+    #[error("a client thread panicked")]
+    Panicked,
     #[error("invocation {index}: wrong output ({len} bytes)")]
     WrongOutput { index: u64, len: usize },
 }
@@ -95,50 +101,103 @@ pub fn run(
     config: &InvokeConfig,
     executor_args: &[&str],
 ) -> Result<LatencyReport, InvokeBenchError> {
+    Ok(run_recorded(config, executor_args)?.0)
+}
+
+/// [`run`], also returning the samples (for a CDF plot).
+///
+/// # Errors
+/// As [`run`].
+pub fn run_recorded(
+    config: &InvokeConfig,
+    executor_args: &[&str],
+) -> Result<(LatencyReport, LatencyRecorder), InvokeBenchError> {
     if config.mode != "hot" && config.mode != "warm" {
         return Err(InvokeBenchError::Config(format!(
             "mode '{}' (expected hot or warm)",
             config.mode
         )));
     }
-    geometry_for(config.size)?;
+    let geometry = geometry_for(config.size)?;
     check_allowed(config.cpus)?;
-    let mut args: Vec<String> = executor_args.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        "--fabric".into(),
-        config.fabric.kind.name().into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--cores".into(),
-        config.cpus.server.to_string(),
-        "--mode".into(),
-        config.mode.clone(),
-        "--idle-us".into(),
-        config.idle.as_micros().to_string(),
-        "--max-slot-size".into(),
-        geometry_for(config.size)?.slot_size().to_string(),
-    ]);
-    if let Some(device) = &config.fabric.verbs.device {
-        args.extend(["--device".into(), device.clone()]);
-    }
-    if let Some(gid) = config.fabric.verbs.gid_index {
-        args.extend(["--gid-index".into(), gid.to_string()]);
-    }
-    for lib in &config.libraries {
-        args.extend(["--library".into(), lib.display().to_string()]);
-    }
-    let mut executor = PeerProcess::spawn(&args)?;
-    let listening: Listening = executor.recv()?;
+    let (executor, address) = start_executor(
+        &ExecutorSpawn {
+            fabric: &config.fabric,
+            cores: &[config.cpus.server],
+            mode: &config.mode,
+            idle: config.idle,
+            geometry,
+            libraries: &config.libraries,
+        },
+        executor_args,
+    )?;
     pin(config.cpus.client, "measuring process")?;
     let report = fabric::open(
         &config.fabric,
         Measure {
             config,
-            at: listening.address,
+            at: address,
         },
     )??;
     drop(executor); // killed: an executor serves until it is told to stop
     Ok(report)
+}
+
+/// How to start a `rafi executor` process for a benchmark.
+#[derive(Clone, Debug)]
+pub struct ExecutorSpawn<'a> {
+    pub fabric: &'a FabricConfig,
+    /// One worker pinned to each.
+    pub cores: &'a [usize],
+    /// `hot` or `warm`.
+    pub mode: &'a str,
+    /// Warm mode: the worker's idle time before it sleeps.
+    pub idle: Duration,
+    /// The largest geometry clients will ask for.
+    pub geometry: SlotGeometry,
+    pub libraries: &'a [std::path::PathBuf],
+}
+
+/// Starts `rafi executor` (this executable with `executor_args`, e.g. `["executor"]`) as
+/// `spawn` says, on a free local port, and returns the process (killed when dropped) and
+/// the address it listens on.
+///
+/// # Errors
+/// When the process cannot be started or does not report that it listens.
+pub fn start_executor(
+    spawn: &ExecutorSpawn<'_>,
+    executor_args: &[&str],
+) -> Result<(PeerProcess, std::net::SocketAddr), ControlError> {
+    let cores: Vec<String> = spawn.cores.iter().map(usize::to_string).collect();
+    let mut args: Vec<String> = executor_args.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--fabric".into(),
+        spawn.fabric.kind.name().into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--cores".into(),
+        cores.join(","),
+        "--mode".into(),
+        spawn.mode.into(),
+        "--idle-us".into(),
+        spawn.idle.as_micros().to_string(),
+        "--max-slot-size".into(),
+        spawn.geometry.slot_size().to_string(),
+        "--max-slots".into(),
+        spawn.geometry.slots().to_string(),
+    ]);
+    if let Some(device) = &spawn.fabric.verbs.device {
+        args.extend(["--device".into(), device.clone()]);
+    }
+    if let Some(gid) = spawn.fabric.verbs.gid_index {
+        args.extend(["--gid-index".into(), gid.to_string()]);
+    }
+    for lib in spawn.libraries {
+        args.extend(["--library".into(), lib.display().to_string()]);
+    }
+    let mut executor = PeerProcess::spawn(&args)?;
+    let listening: Listening = executor.recv()?;
+    Ok((executor, listening.address))
 }
 
 struct Measure<'a> {
@@ -147,7 +206,7 @@ struct Measure<'a> {
 }
 
 impl FabricUser for Measure<'_> {
-    type Output = Result<LatencyReport, InvokeBenchError>;
+    type Output = Result<(LatencyReport, LatencyRecorder), InvokeBenchError>;
 
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
         let c = self.config;
@@ -169,6 +228,7 @@ impl FabricUser for Measure<'_> {
         let mut recorder = LatencyRecorder::new();
         let echo = c.function == "rafi.echo";
         let total = c.warmup + c.iters;
+        let mut progress = Progress::new(&format!("invoke {} B", c.size), total);
         for index in 0..total {
             if c.mode == "warm" && !c.gap.is_zero() {
                 idle_spin(c.gap);
@@ -191,12 +251,16 @@ impl FabricUser for Measure<'_> {
             if index >= c.warmup {
                 recorder.record(elapsed);
             }
+            if index % PROGRESS_EVERY == 0 {
+                progress.set(index);
+            }
         }
-        Ok(recorder
+        let report = recorder
             .report(SCENARIO, kind.name(), &c.function, c.size, c.warmup)
             .with("mode", c.mode.as_str())
             .with("client_cpu", c.cpus.client)
-            .with("executor_cpu", c.cpus.server))
+            .with("executor_cpu", c.cpus.server);
+        Ok((report, recorder))
     }
 }
 

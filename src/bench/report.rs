@@ -54,6 +54,15 @@ impl LatencyRecorder {
         self.max_ns = self.max_ns.max(ns);
     }
 
+    /// Adds the samples of `other` (recorders of several threads into one).
+    pub fn merge(&mut self, other: &LatencyRecorder) {
+        // Both histograms have the same bounds, so adding cannot go out of range.
+        let _ = self.hist.add(&other.hist);
+        self.sum_ns += other.sum_ns;
+        self.min_ns = self.min_ns.min(other.min_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
     /// Samples recorded so far.
     pub fn len(&self) -> u64 {
         self.hist.len()
@@ -266,6 +275,20 @@ mod tests {
         assert_eq!(v["p50_ns"], 500);
         let back: LatencyReport = serde_json::from_str(&line).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn merged_recorders() {
+        let (mut a, mut b) = (LatencyRecorder::new(), LatencyRecorder::new());
+        (1..=500u64).for_each(|ns| a.record_ns(ns));
+        (501..=1000u64).for_each(|ns| b.record_ns(ns));
+        a.merge(&b);
+        a.merge(&LatencyRecorder::new());
+        let r = a.report("clients", "shm", "rafi.noop", 0, 0);
+        assert_eq!(
+            (r.iters, r.min_ns, r.max_ns, r.p50_ns),
+            (1000, 1, 1000, 500)
+        );
     }
 
     #[test]
