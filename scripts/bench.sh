@@ -68,6 +68,8 @@ cargo build --release --locked --bin rafi -p rafi
 cargo build --release --locked -p rdma-mock --example pingpong
 if [ "$BASELINES" = 1 ]; then
     step "building the peer baselines (rafi-baselines)"
+    # Open MPI for the MPI baseline (the mpi crate runs bindgen, hence libclang).
+    ensure_debian_packages libopenmpi-dev openmpi-bin libclang-dev pkg-config
     cargo build --release --locked -p rafi-baselines
     command -v mpirun >/dev/null || die "mpirun not found (install Open MPI, or pass --skip-baselines)"
 fi
