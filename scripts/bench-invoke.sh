@@ -64,6 +64,9 @@ for round in $(seq "$ROUNDS"); do
     run pingpong-64 "$rafi" bench pingpong --fabric shm --size 64 --iters "$(n 100000)" --cpus "$CPUS" --json
     run invoke-hot-64 "$rafi" bench invoke --fabric shm --mode hot --size 64 --iters "$(n 100000)" --cpus "$CPUS" --json
     run invoke-hot-noop-0 "$rafi" bench invoke --fabric shm --mode hot --function rafi.noop --size 0 --iters "$(n 100000)" --cpus "$CPUS" --json
+    run invoke-hot-noop-64 "$rafi" bench invoke --fabric shm --mode hot --function rafi.noop --size 64 --iters "$(n 100000)" --cpus "$CPUS" --json
+    run invoke-hot-noop-64-headers "$rafi" bench invoke --fabric shm --mode hot --function rafi.noop --size 64 --headers --iters "$(n 100000)" --cpus "$CPUS" --json
+    run invoke-hot-64-headers "$rafi" bench invoke --fabric shm --mode hot --size 64 --headers --iters "$(n 100000)" --cpus "$CPUS" --json
     run invoke-warm-64 "$rafi" bench invoke --fabric shm --mode warm --size 64 --iters "$(n 20000)" --cpus "$CPUS" --json
     run pingpong-1m "$rafi" bench pingpong --fabric shm --size 1M --iters "$(n 3000)" --cpus "$CPUS" --json
     run invoke-hot-1m "$rafi" bench invoke --fabric shm --mode hot --size 1M --iters "$(n 3000)" --cpus "$CPUS" --json
@@ -95,7 +98,14 @@ line("raw WRITE_WITH_IMM ping-pong, 64 B", "pingpong-64",
 line("hot invocation, rafi.echo 64 B in and out", "invoke-hot-64",
      f"{med(lambda d: d['invoke-hot-64']['p50_ns'] / d['pingpong-64']['p50_ns']):.2f}x ping-pong, "
      f"{med(lambda d: d['invoke-hot-64']['p50_ns'] / d['floor-copy-64']['p50_ns']):.2f}x copy floor",
+     "")
+line("hot invocation, rafi.echo 64 B, with headers (full form)", "invoke-hot-64-headers",
+     f"{med(lambda d: d['invoke-hot-64-headers']['p50_ns'] / d['pingpong-64']['p50_ns']):.2f}x ping-pong", "")
+line("hot invocation, rafi.noop 64 B in", "invoke-hot-noop-64",
+     f"{med(lambda d: d['invoke-hot-noop-64']['p50_ns'] / d['pingpong-64']['p50_ns']):.2f}x ping-pong",
      "<= 1.3x ping-pong")
+line("hot invocation, rafi.noop 64 B in, with headers (full form)", "invoke-hot-noop-64-headers",
+     f"{med(lambda d: d['invoke-hot-noop-64-headers']['p50_ns'] / d['pingpong-64']['p50_ns']):.2f}x ping-pong", "")
 line("hot invocation, rafi.noop 0 B", "invoke-hot-noop-0",
      f"{med(lambda d: d['invoke-hot-noop-0']['p50_ns'] / d['pingpong-64']['p50_ns']):.2f}x ping-pong", "")
 line("eventfd wake of a sleeping peer (floor)", "floor-wake", "1.00", "")

@@ -51,6 +51,8 @@ pub struct InvokeConfig {
     /// Warm mode: the worker's idle time before it sleeps.
     pub idle: Duration,
     pub cpus: CpuPair,
+    /// The protocol's compact form (no headers); false: a header on every message.
+    pub compact: bool,
 }
 
 /// The benchmark failed.
@@ -218,6 +220,7 @@ impl FabricUser for Measure<'_> {
             AllocationOptions {
                 client_name: "rafi-bench-invoke".into(),
                 geometry: geometry_for(c.size)?,
+                compact: c.compact,
                 ..AllocationOptions::default()
             },
         )?;
@@ -258,6 +261,7 @@ impl FabricUser for Measure<'_> {
         let report = recorder
             .report(SCENARIO, kind.name(), &c.function, c.size, c.warmup)
             .with("mode", c.mode.as_str())
+            .with("form", if c.compact { "compact" } else { "headers" })
             .with("client_cpu", c.cpus.client)
             .with("executor_cpu", c.cpus.server);
         Ok((report, recorder))

@@ -51,6 +51,10 @@ pub struct InvokeArgs {
     /// warm: the worker's idle time before it sleeps, in microseconds.
     #[arg(long, default_value_t = 0)]
     pub idle_us: u64,
+    /// Put a 64-byte header on every request and response (the protocol's full form)
+    /// instead of the compact form, to measure what the compact form saves.
+    #[arg(long)]
+    pub headers: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -103,6 +107,7 @@ pub fn run(args: &InvokeArgs) -> anyhow::Result<()> {
             libraries: args.library.clone(),
             gap: Duration::from_micros(args.gap_us),
             idle: Duration::from_micros(args.idle_us),
+            compact: !args.headers,
             cpus,
         };
         let (report, recorder) = super::on_own_thread(|| {
