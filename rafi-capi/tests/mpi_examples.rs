@@ -72,6 +72,19 @@ impl Drop for Scratch {
     }
 }
 
+/// Builds librafi (the cdylib and staticlib) into `out_dir`: `cargo test` builds only the
+/// crate's test harness, and a library left there by an earlier build may be stale. A
+/// no-op when it is up to date.
+fn build_librafi(out_dir: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--locked", "-p", "rafi-capi"]);
+    if out_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    run("building librafi", &mut build);
+}
+
 /// The `rafi` binary that runs executors: the workspace build's, built now if missing.
 fn rafi_binary(out_dir: &Path) -> PathBuf {
     let binary = out_dir.join("rafi");
@@ -113,6 +126,7 @@ impl Setup {
         let prefix = scratch.0.join("prefix");
         let bin = scratch.0.join("bin");
         let out_dir = cargo_out_dir();
+        build_librafi(&out_dir);
         run(
             "scripts/install-capi.sh",
             Command::new(root().join("scripts/install-capi.sh"))
