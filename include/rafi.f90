@@ -111,6 +111,45 @@ module rafi
             integer(c_int) :: rc
         end function
 
+        ! Registered input memory: fill it through c_f_pointer(rafi_buffer_data(buffer), ...)
+        ! and invoke from it without a copy.
+        function rafi_buffer_create(alloc, size, buffer) bind(C, name="rafi_buffer_create") &
+                result(rc)
+            import :: c_ptr, c_int, c_size_t
+            type(c_ptr), value :: alloc
+            integer(c_size_t), value :: size
+            type(c_ptr), intent(out) :: buffer
+            integer(c_int) :: rc
+        end function
+
+        function rafi_buffer_data(buffer) bind(C, name="rafi_buffer_data") result(data)
+            import :: c_ptr
+            type(c_ptr), value :: buffer
+            type(c_ptr) :: data
+        end function
+
+        function rafi_buffer_size(buffer) bind(C, name="rafi_buffer_size") result(size)
+            import :: c_ptr, c_size_t
+            type(c_ptr), value :: buffer
+            integer(c_size_t) :: size
+        end function
+
+        function rafi_invoke_buffer(alloc, function, buffer, offset, len, output, capacity, &
+                output_len) bind(C, name="rafi_invoke_buffer") result(rc)
+            import :: c_ptr, c_int, c_size_t
+            type(c_ptr), value :: alloc, buffer, output
+            integer(c_int), value :: function
+            integer(c_size_t), value :: offset, len, capacity
+            integer(c_size_t), intent(out) :: output_len
+            integer(c_int) :: rc
+        end function
+
+        function rafi_buffer_free(buffer) bind(C, name="rafi_buffer_free") result(rc)
+            import :: c_ptr, c_int
+            type(c_ptr), intent(inout) :: buffer
+            integer(c_int) :: rc
+        end function
+
         function rafi_invoke_start(alloc, function, input, input_len, output, capacity, &
                 request) bind(C, name="rafi_invoke_start") result(rc)
             import :: c_ptr, c_int, c_size_t

@@ -7,6 +7,7 @@
  *   rafi_lease_create                        cores on one or more nodes, for a while
  *   rafi_alloc_create                        an executor on each node with your functions
  *   rafi_invoke                              blocking
+ *   rafi_buffer_create + rafi_invoke_buffer  blocking, from registered memory (no copy)
  *   rafi_invoke_start + rafi_test/wait/waitall  non-blocking, like MPI requests
  *   rafi_invoke_many                         many inputs over every worker of every node
  *   rafi_alloc_free, rafi_lease_release, rafi_disconnect
@@ -24,7 +25,9 @@
  *
  * Buffers. Inputs and outputs are the caller's memory: the input is written once into a
  * registered slot and sent with one RDMA write; the output is copied once from its
- * registered slot into the caller's buffer. For non-blocking invocations the caller must
+ * registered slot into the caller's buffer. To skip the input's copy, register input
+ * memory once with rafi_buffer_create, build each input in it (rafi_buffer_data) and
+ * invoke with rafi_invoke_buffer: the RDMA write reads the input where it lies. For non-blocking invocations the caller must
  * leave both buffers alone until the request completes (as for MPI_Isend/MPI_Irecv), and
  * requests in flight must not share an output buffer.
  *
@@ -73,6 +76,7 @@ typedef struct rafi_client rafi_client;   /* a client of the resource manager */
 typedef struct rafi_lease rafi_lease;     /* a granted lease */
 typedef struct rafi_alloc rafi_alloc;     /* executors on the lease's nodes */
 typedef struct rafi_request rafi_request; /* a non-blocking invocation */
+typedef struct rafi_buffer rafi_buffer;   /* registered input memory of an allocation */
 
 /* Settings of an allocation; a zeroed struct means the defaults. */
 typedef struct rafi_alloc_config {
@@ -119,6 +123,21 @@ int rafi_alloc_free(rafi_alloc **alloc);
  * that was needed). */
 int rafi_invoke(const rafi_alloc *alloc, int function, const void *input, size_t input_len,
                 void *output, size_t capacity, size_t *output_len);
+
+/* Registered input memory (like MPI_Alloc_mem): rafi_buffer_create registers size bytes
+ * with one node of the allocation (round robin over its nodes; invocations from the
+ * buffer run there) and keeps the allocation's executors alive until rafi_buffer_free.
+ * Write inputs at rafi_buffer_data(buffer); rafi_invoke_buffer sends the len bytes at
+ * offset in place and waits, as rafi_invoke does. A range outside the buffer or a buffer
+ * of another allocation is RAFI_ERR_ARG, a range larger than a slot RAFI_ERR_TOO_LARGE
+ * (nothing is sent). */
+int rafi_buffer_create(const rafi_alloc *alloc, size_t size, rafi_buffer **buffer_out);
+void *rafi_buffer_data(const rafi_buffer *buffer);
+size_t rafi_buffer_size(const rafi_buffer *buffer);
+int rafi_invoke_buffer(const rafi_alloc *alloc, int function, const rafi_buffer *buffer,
+                       size_t offset, size_t len, void *output, size_t capacity,
+                       size_t *output_len);
+int rafi_buffer_free(rafi_buffer **buffer);
 
 /* Non-blocking. rafi_test sets *done and, once done, returns the request's status, frees
  * it and sets *request to NULL; rafi_wait blocks until then. A NULL request is complete

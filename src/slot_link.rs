@@ -5,7 +5,7 @@
 
 use crate::fabric::{
     Access, Endpoint, Fabric, FabricError, MemoryRegion, PostError, ProtectionDomain, QpConfig,
-    QueuePair, RecvWr, RemoteAddr, SendOp, SendWr, SlotRegion,
+    QueuePair, RecvWr, RemoteAddr, SendOp, SendWr, Sge, SlotRegion,
 };
 use crate::protocol::{RegionDesc, SlotGeometry};
 
@@ -119,15 +119,7 @@ impl<F: Fabric> SlotLink<F> {
         peer_offset: u64,
         imm: u32,
     ) -> Result<(), PostError> {
-        let op = SendOp::WriteWithImm {
-            remote: RemoteAddr {
-                addr: self.peer.addr + peer_offset,
-                rkey: self.peer.rkey,
-            },
-            imm,
-        };
-        let signaled = self.unsignaled + 1 >= self.signal_every;
-        self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
+        let (op, signaled) = self.next_write(peer_offset, imm);
         if len <= self.max_inline {
             let message = &self.staging.staging_mut(slot, from + len)[from..];
             self.qp
@@ -137,6 +129,44 @@ impl<F: Fabric> SlotLink<F> {
             self.qp
                 .post_send(&signal(SendWr::new(slot as u64, op, &sge), signaled))
         }
+    }
+
+    /// Like [`SlotLink::send`], from registered memory outside the staging slots: `bytes`,
+    /// which `sge` names (copied at post time when small enough to go inline, otherwise
+    /// read by the device, so they must stay unchanged until the answer arrives).
+    #[inline]
+    pub(crate) fn send_from(
+        &mut self,
+        wr_id: u64,
+        bytes: &[u8],
+        sge: Sge,
+        peer_offset: u64,
+        imm: u32,
+    ) -> Result<(), PostError> {
+        let (op, signaled) = self.next_write(peer_offset, imm);
+        if bytes.len() <= self.max_inline {
+            self.qp
+                .post_send(&signal(SendWr::inline(wr_id, op, bytes), signaled))
+        } else {
+            self.qp
+                .post_send(&signal(SendWr::new(wr_id, op, &[sge]), signaled))
+        }
+    }
+
+    /// The WRITE_WITH_IMM to `peer_offset`, and whether it is the one in `signal_every`
+    /// that asks for a completion.
+    #[inline]
+    fn next_write(&mut self, peer_offset: u64, imm: u32) -> (SendOp, bool) {
+        let op = SendOp::WriteWithImm {
+            remote: RemoteAddr {
+                addr: self.peer.addr + peer_offset,
+                rkey: self.peer.rkey,
+            },
+            imm,
+        };
+        let signaled = self.unsignaled + 1 >= self.signal_every;
+        self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
+        (op, signaled)
     }
 
     /// Where the peer's slots are.

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use rafi::client::{AllocationOptions, FunctionId, InvokeError};
 use rafi::cluster::api::Lease;
 
-use crate::part::{with_allocation, AnyLeased};
+use crate::part::{with_allocation, AnyBuffer, AnyLeased};
 use crate::status::{Code, Failure};
 
 /// One node's executor and the handles of the allocation's functions there.
@@ -121,6 +121,34 @@ impl Allocation {
         let part = &self.parts[self.next_part.fetch_add(1, Ordering::Relaxed) % self.parts.len()];
         let f = part.functions[function];
         lock(&part.leased).invoke_into(f, input, output, needed)
+    }
+
+    /// Registers `len` bytes of input memory with the next node's executor, round robin;
+    /// invocations from it run on that node. Returns the node's index and the buffer.
+    pub fn input_buffer(&self, len: usize) -> Result<(usize, AnyBuffer), Failure> {
+        let index = self.next_part.fetch_add(1, Ordering::Relaxed) % self.parts.len();
+        let buffer = lock(&self.parts[index].leased).input_buffer(len)?;
+        Ok((index, buffer))
+    }
+
+    /// Invokes `function` on bytes `range` of `buffer` (registered with node `part`), read
+    /// in place; the output goes into `output`. On `Truncated`, `needed` holds the output's
+    /// length.
+    pub fn invoke_from(
+        &self,
+        function: usize,
+        (part, buffer): (usize, &AnyBuffer),
+        range: std::ops::Range<usize>,
+        output: &mut [u8],
+        needed: &mut usize,
+    ) -> Result<usize, Failure> {
+        self.check(function, range.len())?;
+        let part = self
+            .parts
+            .get(part)
+            .ok_or_else(|| Failure::arg("the buffer belongs to another allocation"))?;
+        let f = part.functions[function];
+        lock(&part.leased).invoke_from_into(f, buffer, range, output, needed)
     }
 
     /// Invokes `function` once per item, spread over every worker of every node (each

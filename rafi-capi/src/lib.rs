@@ -55,6 +55,14 @@ pub struct AllocHandle {
     allocation: Arc<alloc::Allocation>,
 }
 
+/// `rafi_buffer`: registered input memory of one node of an allocation. The buffer is
+/// dropped before the allocation it keeps alive (its memory is registered there).
+pub struct BufferHandle {
+    buffer: part::AnyBuffer,
+    part: usize,
+    allocation: Arc<alloc::Allocation>,
+}
+
 /// `rafi_request`: a non-blocking invocation.
 pub struct RequestHandle(Arc<Request>);
 
@@ -473,6 +481,124 @@ pub unsafe extern "C" fn rafi_invoke(
         unsafe { put_optional(output_len, *result.as_ref().unwrap_or(&needed)) };
         result.map(drop)
     })
+}
+
+/// Registers `size` bytes (at least 1) of input memory with one node of the allocation
+/// (round robin over its nodes): fill it through `rafi_buffer_data` and invoke from it
+/// with `rafi_invoke_buffer` as often as needed; the request's RDMA write reads the input
+/// where it lies, with no copy into rafi's own slots. The buffer keeps its allocation's
+/// executors alive until `rafi_buffer_free`.
+///
+/// # Safety
+/// `alloc` is a live handle; `out` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn rafi_buffer_create(
+    alloc: *const AllocHandle,
+    size: usize,
+    out: *mut *mut BufferHandle,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let a = unsafe { handle(alloc, "alloc") }?;
+        let (part, buffer) = a.allocation.input_buffer(size)?;
+        let handle = BufferHandle {
+            buffer,
+            part,
+            allocation: a.allocation.clone(),
+        };
+        // SAFETY: valid for a write by the caller's promise (checked non-null in put).
+        unsafe { put(out, into_handle(handle), "out") }
+    })
+}
+
+/// The buffer's first byte (NULL for a NULL buffer). Write the input there; leave it alone
+/// while an invocation from it runs.
+///
+/// # Safety
+/// `buffer` is a live handle or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn rafi_buffer_data(buffer: *const BufferHandle) -> *mut u8 {
+    // SAFETY: NULL or live by the caller's promise.
+    match unsafe { buffer.as_ref() } {
+        Some(b) => b.buffer.as_ptr(),
+        None => std::ptr::null_mut(),
+    }
+}
+
+/// The buffer's size in bytes (0 for a NULL buffer).
+///
+/// # Safety
+/// `buffer` is a live handle or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn rafi_buffer_size(buffer: *const BufferHandle) -> usize {
+    // SAFETY: NULL or live by the caller's promise.
+    unsafe { buffer.as_ref() }.map_or(0, |b| b.buffer.len())
+}
+
+/// Invokes `function` on the `len` bytes at `offset` of `buffer`, read in place, and
+/// waits; the output goes into `output` (at most `capacity` bytes), its length into
+/// `*output_len` (also, as the length needed, on `RAFI_ERR_TRUNCATED`). A range outside
+/// the buffer, or a buffer of another allocation, is `RAFI_ERR_ARG`; a range larger than a
+/// slot `RAFI_ERR_TOO_LARGE`; nothing is sent then.
+///
+/// # Safety
+/// `alloc` and `buffer` are live handles; `output` is valid for `capacity` bytes (NULL
+/// with 0); `output_len` is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn rafi_invoke_buffer(
+    alloc: *const AllocHandle,
+    function: c_int,
+    buffer: *const BufferHandle,
+    offset: usize,
+    len: usize,
+    output: *mut u8,
+    capacity: usize,
+    output_len: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let a = unsafe { handle(alloc, "alloc") }?;
+        // SAFETY: forwarded from the caller.
+        let b = unsafe { handle(buffer, "buffer") }?;
+        if !Arc::ptr_eq(&a.allocation, &b.allocation) {
+            return Err(Failure::arg(
+                "the buffer was created with another allocation",
+            ));
+        }
+        check_buffer(output, capacity, "output")?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= b.buffer.len())
+            .ok_or_else(|| {
+                Failure::arg(format!(
+                    "bytes {offset}..{offset}+{len} are outside the buffer's {} B",
+                    b.buffer.len()
+                ))
+            })?;
+        // SAFETY: valid for this length by the caller's promise (null only when empty).
+        let output = unsafe { slice_mut(output, capacity) };
+        let mut needed = 0;
+        let result = a.allocation.invoke_from(
+            function_index(function)?,
+            (b.part, &b.buffer),
+            offset..end,
+            output,
+            &mut needed,
+        );
+        // SAFETY: NULL or valid by the caller's promise.
+        unsafe { put_optional(output_len, *result.as_ref().unwrap_or(&needed)) };
+        result.map(drop)
+    })
+}
+
+/// Frees the buffer and sets `*buffer` to NULL (a NULL handle is fine).
+///
+/// # Safety
+/// `buffer` points to a handle from `rafi_buffer_create` or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn rafi_buffer_free(buffer: *mut *mut BufferHandle) -> c_int {
+    // SAFETY: forwarded from the caller.
+    guard(|| unsafe { take_handle(buffer, "buffer") }.map(drop))
 }
 
 /// Starts invoking `function` on `input` and returns at once with a request; complete it

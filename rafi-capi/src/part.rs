@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rafi::client::{AllocationOptions, FunctionId, InvokeError};
+use rafi::client::{AllocationOptions, FunctionId, InputBuffer, InvokeError};
 use rafi::cluster::api::LeasePart;
 use rafi::cluster::lease::Leased;
 use rafi::fabric::FabricKind;
@@ -134,6 +134,88 @@ impl AnyLeased {
             Failure::from(e)
         })
     }
+}
+
+/// Registered input memory of one part's allocation, on whichever fabric it is.
+pub enum AnyBuffer {
+    Mock(InputBuffer<rdma_mock::Device>),
+    #[cfg(feature = "verbs")]
+    Verbs(InputBuffer<rafi::fabric::verbs::Device>),
+}
+
+impl AnyBuffer {
+    pub fn as_ptr(&self) -> *mut u8 {
+        match self {
+            AnyBuffer::Mock(b) => b.as_ptr(),
+            #[cfg(feature = "verbs")]
+            AnyBuffer::Verbs(b) => b.as_ptr(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            AnyBuffer::Mock(b) => b.len(),
+            #[cfg(feature = "verbs")]
+            AnyBuffer::Verbs(b) => b.len(),
+        }
+    }
+}
+
+impl AnyLeased {
+    /// Registers `len` bytes of input memory with this part's allocation.
+    pub fn input_buffer(&self, len: usize) -> Result<AnyBuffer, Failure> {
+        match self {
+            AnyLeased::Mock(l) => Ok(AnyBuffer::Mock(l.allocation.input_buffer(len)?)),
+            #[cfg(feature = "verbs")]
+            AnyLeased::Verbs(l) => Ok(AnyBuffer::Verbs(l.allocation.input_buffer(len)?)),
+        }
+    }
+
+    /// Invokes `f` on bytes `range` of `buffer`, read in place; the output goes into
+    /// `output`. On `Truncated`, `needed` holds the output's length.
+    pub fn invoke_from_into(
+        &mut self,
+        f: FunctionId,
+        buffer: &AnyBuffer,
+        range: std::ops::Range<usize>,
+        output: &mut [u8],
+        needed: &mut usize,
+    ) -> Result<usize, Failure> {
+        let view = match (self, buffer) {
+            (AnyLeased::Mock(l), AnyBuffer::Mock(b)) => l
+                .allocation
+                .invoke_from(f, b, range)
+                .map(|v| copy_out(&v, output)),
+            #[cfg(feature = "verbs")]
+            (AnyLeased::Verbs(l), AnyBuffer::Verbs(b)) => l
+                .allocation
+                .invoke_from(f, b, range)
+                .map(|v| copy_out(&v, output)),
+            #[cfg(feature = "verbs")]
+            _ => Err(InvokeError::BadBuffer(
+                "it was registered on another fabric".into(),
+            )),
+        };
+        match view {
+            Ok(Ok(len)) => Ok(len),
+            Ok(Err(len)) => {
+                *needed = len;
+                Err(InvokeError::OutputBufferTooSmall {
+                    len,
+                    capacity: output.len(),
+                }
+                .into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Copies an output into `output`: its length, or `Err(length)` when it does not fit.
+fn copy_out(view: &[u8], output: &mut [u8]) -> Result<usize, usize> {
+    let out = output.get_mut(..view.len()).ok_or(view.len())?;
+    out.copy_from_slice(view);
+    Ok(view.len())
 }
 
 /// Where the client's tcp-fabric device listens: `RAFI_TCP_LISTEN` (`ip:port`, port 0 for

@@ -59,7 +59,7 @@ impl Failure {
 impl From<InvokeError> for Failure {
     fn from(e: InvokeError) -> Self {
         let code = match &e {
-            InvokeError::UnknownFunction(_) => Code::Arg,
+            InvokeError::UnknownFunction(_) | InvokeError::BadBuffer(_) => Code::Arg,
             InvokeError::PayloadTooLarge { .. } => Code::TooLarge,
             InvokeError::OutputBufferTooSmall { .. } => Code::Truncated,
             InvokeError::Busy => Code::Busy,

@@ -239,6 +239,12 @@ fn mpi_examples() {
             out.contains(&format!("echo answered \"hello from rank {rank}\"")),
             "{out}"
         );
+        assert!(
+            out.contains(&format!(
+                "rank {rank}: 3 invocations from a registered buffer"
+            )),
+            "{out}"
+        );
     }
 
     // One rank, a lease over every node: an executor on each, fan-out across them.
@@ -279,6 +285,10 @@ fn mpi_examples() {
         );
         assert!(
             out.contains("exceeds the 65472 B a request slot holds"),
+            "{out}"
+        );
+        assert!(
+            out.contains("a batch priced from a registered buffer"),
             "{out}"
         );
     } else {
@@ -335,6 +345,8 @@ fn errors_with_a_killed_executor(setup: &Setup) {
         "refused (forged)",
         "an oversize input                  ok: 7",
         "(nothing was sent)",
+        "a buffer range past its end        ok: 1",
+        "a buffer range larger than a slot  ok: 7",
         "invoke on a killed executor        ok: 9",
         "non-blocking on a killed executor  ok: 9",
     ] {

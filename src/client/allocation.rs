@@ -7,10 +7,11 @@ use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use crate::control::{read_message, write_message, ControlError};
-use crate::fabric::Fabric;
+use crate::fabric::{Fabric, LocalBuffer};
 use crate::protocol::{ClientHello, ControlMessage, LibraryDesc};
 use rafi_function::rkyv;
 
+use super::buffer::InputBuffer;
 use super::error::{AllocateError, InvokeError};
 use super::link::{ClientLink, Event};
 use super::options::AllocationOptions;
@@ -37,6 +38,8 @@ pub struct Allocation<F: Fabric> {
     /// For fan-out: `owners[link][slot]` is the input index and invocation id in flight
     /// there. Allocated once, so that `invoke_many` allocates nothing itself.
     owners: Vec<Box<[Option<InFlight>]>>,
+    /// This allocation's identity, which its input buffers carry.
+    id: u64,
     // Dropped last: the device outlives its resources.
     _pd: F::Pd,
     _fabric: F,
@@ -120,6 +123,7 @@ impl<F: Fabric> Allocation<F> {
             control,
             next_link: 0,
             owners,
+            id: super::buffer::next_owner(),
             _pd: pd,
             _fabric: fabric,
         })
@@ -204,6 +208,58 @@ impl<F: Fabric> Allocation<F> {
             }
             area[..input.len()].copy_from_slice(input);
             Ok(input.len())
+        })
+    }
+
+    /// Registers `len` bytes (at least 1) that invocations of this allocation can send from
+    /// in place ([`Allocation::invoke_from`]): register once, fill and invoke many times.
+    ///
+    /// # Errors
+    /// [`InvokeError::BadBuffer`] when the memory cannot be registered.
+    pub fn input_buffer(&self, len: usize) -> Result<InputBuffer<F>, InvokeError> {
+        let memory = LocalBuffer::register(&self._pd, len)
+            .map_err(|e| InvokeError::BadBuffer(format!("registering {len} B: {e}")))?;
+        Ok(InputBuffer {
+            memory,
+            owner: self.id,
+        })
+    }
+
+    /// Invokes `f` on bytes `range` of `input`, which the request's WRITE reads in place
+    /// (no copy into a staging slot); the result is a view of the output in place, as with
+    /// [`Allocation::invoke_view`]. The buffer is borrowed until the view is dropped, so it
+    /// cannot change while the device may still read it.
+    ///
+    /// # Errors
+    /// See [`InvokeError`]; [`InvokeError::BadBuffer`] for a buffer of another allocation
+    /// or a range outside it, [`InvokeError::PayloadTooLarge`] for a range no slot holds
+    /// (nothing is sent).
+    pub fn invoke_from<'a>(
+        &'a mut self,
+        f: FunctionId,
+        input: &'a InputBuffer<F>,
+        range: std::ops::Range<usize>,
+    ) -> Result<ResultView<'a, F>, InvokeError> {
+        if input.owner != self.id {
+            return Err(InvokeError::BadBuffer(
+                "it was registered by another allocation".into(),
+            ));
+        }
+        let Some(bytes) = input.as_slice().get(range.clone()) else {
+            return Err(InvokeError::BadBuffer(format!(
+                "bytes {range:?} are outside its {} B",
+                input.len()
+            )));
+        };
+        let sge = input.memory.sge(range.start, bytes.len());
+        let link = self.pick_link()?;
+        let (slot, id) = self.links[link].start_from(f.0, bytes, sge)?;
+        let len = self.wait_for(link, slot, id)?;
+        Ok(ResultView {
+            link: &mut self.links[link],
+            slot,
+            id,
+            len,
         })
     }
 

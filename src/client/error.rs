@@ -54,6 +54,8 @@ pub enum InvokeError {
     BadResponse(String),
     #[error("typed input/output: {0}")]
     Codec(String),
+    #[error("the input buffer cannot be used: {0} (nothing was sent)")]
+    BadBuffer(String),
 }
 
 /// An operation on leased remote memory failed. The checks the client makes itself (rights,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::fabric::{
     CompletionChannel, CompletionQueue, Endpoint, Fabric, FabricError, QueuePair, RemoteAddr,
-    SendOp, SendWr, WcOpcode, WorkCompletion,
+    SendOp, SendWr, Sge, WcOpcode, WorkCompletion,
 };
 use crate::protocol::{
     written_extent, ClientConnection, ClientWorker, PrepareError, RegionDesc, RequestHeader,
@@ -159,6 +159,50 @@ impl<F: Fabric> ClientLink<F> {
             slot,
             prepared.local_offset,
             write_len,
+            prepared.remote_offset,
+            prepared.imm,
+        );
+        if let Err(e) = posted {
+            let _ = self.state.cancel(prepared.slot, prepared.id);
+            let error = InvokeError::gone_on_post(e);
+            self.kill(error.clone());
+            return Err(error);
+        }
+        Ok((prepared.slot, prepared.id))
+    }
+
+    /// Sends an invocation of `function` whose input `input` lies in registered memory
+    /// that `sge` names: in the compact form the WRITE reads it in place (no copy into a
+    /// staging slot); a request that needs the full form (header and payload in one
+    /// WRITE) copies it into the staging slot as [`ClientLink::start`] does.
+    pub(crate) fn start_from(
+        &mut self,
+        function: u32,
+        input: &[u8],
+        sge: Sge,
+    ) -> Result<(u16, u64), InvokeError> {
+        if let Some(e) = &self.dead {
+            return Err(e.clone());
+        }
+        let max = self.max_payload();
+        if input.len() > max {
+            return Err(InvokeError::PayloadTooLarge {
+                len: input.len(),
+                max,
+            });
+        }
+        let prepared = self
+            .state
+            .prepare(function, input.len())
+            .map_err(prepare_error)?;
+        if prepared.header.is_some() {
+            let _ = self.state.cancel(prepared.slot, prepared.id);
+            return self.start(function, input);
+        }
+        let posted = self.slots.send_from(
+            prepared.slot as u64,
+            input,
+            sge,
             prepared.remote_offset,
             prepared.imm,
         );

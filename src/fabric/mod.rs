@@ -34,8 +34,11 @@ mod config;
 pub mod cycles;
 mod endpoint;
 mod error;
-// The two modules below hold the only unsafe code outside the verbs backend: the region
-// trait's raw-pointer accessors and the mock regions' promise to honour them.
+// The modules below hold the only unsafe code outside the verbs backend: the region trait's
+// raw-pointer accessors, the mock regions' promise to honour them, and the safe views
+// (slots, local buffers) built on them.
+#[allow(unsafe_code)]
+mod buffer;
 #[allow(unsafe_code)]
 mod mock;
 #[cfg(feature = "tokio")]
@@ -52,6 +55,7 @@ pub mod verbs;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+pub use buffer::LocalBuffer;
 pub use config::{FabricConfig, VerbsConfig};
 pub use endpoint::{Endpoint, FabricKind, VerbsEndpoint};
 pub use error::FabricError;

@@ -46,6 +46,7 @@ macro_rules! for_each_backend {
 
 for_each_backend!(
     echo_of_every_size,
+    invocations_from_a_registered_input_buffer,
     oversize_input_is_refused_before_sending,
     many_in_flight_over_every_worker,
     several_client_threads,
@@ -97,6 +98,57 @@ fn echo_of_every_size<F: Fabric>(open: fn() -> F) {
             assert_eq!(&view[..], &input[..], "invoke_view, {len} B, {form}");
         }
         assert_eq!(a.invoke("noop", b"ignored").unwrap(), b"");
+    }
+}
+
+/// An input buffer registered once, filled in place and invoked from many times (small
+/// inputs go inline, larger ones are read in place by the fabric); with headers (the full
+/// form) the input is copied instead and the result is the same; misuse is refused before
+/// anything is sent.
+fn invocations_from_a_registered_input_buffer<F: Fabric>(open: fn() -> F) {
+    let ex = executor(open, 1, Polling::Hot);
+    let geometry = SlotGeometry::new(4, 4096).unwrap();
+    for compact in [true, false] {
+        let options = AllocationOptions {
+            geometry,
+            compact,
+            ..AllocationOptions::default()
+        };
+        let mut a = allocate_with(open, ex.address(), options.clone());
+        let echo = a.function("echo").unwrap();
+        let max = a.max_payload();
+        let mut buffer = a.input_buffer(2 * 4096).unwrap();
+        assert_eq!(buffer.len(), 2 * 4096);
+        for round in 0..3u8 {
+            let fill = pattern(buffer.len(), round);
+            buffer.as_mut_slice().copy_from_slice(&fill);
+            for range in [0..0, 0..1, 5..69, 100..1100, 0..max, 4096..4096 + max] {
+                let view = a.invoke_from(echo, &buffer, range.clone()).unwrap();
+                assert_eq!(
+                    &view[..],
+                    &fill[range.clone()],
+                    "{range:?}, compact {compact}"
+                );
+            }
+        }
+        // A range past the buffer, one no slot holds, and another allocation's buffer.
+        let len = buffer.len();
+        assert!(matches!(
+            a.invoke_from(echo, &buffer, len - 1..len + 1),
+            Err(InvokeError::BadBuffer(_))
+        ));
+        assert!(matches!(
+            a.invoke_from(echo, &buffer, 0..max + 1),
+            Err(InvokeError::PayloadTooLarge { len, max: m }) if len == max + 1 && m == max
+        ));
+        let other = allocate_with(open, ex.address(), options);
+        let foreign = other.input_buffer(64).unwrap();
+        assert!(matches!(
+            a.invoke_from(echo, &foreign, 0..8),
+            Err(InvokeError::BadBuffer(_))
+        ));
+        // Nothing was sent by the refusals: the allocation still works.
+        assert_eq!(a.invoke("echo", b"still here").unwrap(), b"still here");
     }
 }
 

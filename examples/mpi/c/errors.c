@@ -129,6 +129,20 @@ int main(int argc, char **argv) {
     if (request != NULL) failures++;
     free(big);
 
+    /* Registered input memory used wrongly: a range past its end, a range no slot holds,
+     * no buffer at all; nothing is sent. */
+    rafi_buffer *buffer = NULL;
+    CHECK(rafi_buffer_create(alloc, max_input + 64, &buffer));
+    expect("a buffer range past its end",
+           rafi_invoke_buffer(alloc, echo, buffer, max_input, 65, out, 256, &len),
+           RAFI_ERR_ARG, "outside the buffer");
+    expect("a buffer range larger than a slot",
+           rafi_invoke_buffer(alloc, echo, buffer, 0, max_input + 1, out, 256, &len),
+           RAFI_ERR_TOO_LARGE, "nothing was sent");
+    expect("a NULL buffer", rafi_invoke_buffer(alloc, echo, NULL, 0, 1, out, 256, &len),
+           RAFI_ERR_ARG, "buffer");
+    CHECK(rafi_buffer_free(&buffer));
+
     /* An output larger than the caller's buffer: the length needed comes back. */
     char text[100];
     memset(text, 'a', sizeof text);
