@@ -113,6 +113,20 @@ module rafi
 
         ! Registered input memory: fill it through c_f_pointer(rafi_buffer_data(buffer), ...)
         ! and invoke from it without a copy.
+        function rafi_lease_renew(lease, duration_s) bind(C, name="rafi_lease_renew") &
+                result(rc)
+            import :: c_ptr, c_int, c_double
+            type(c_ptr), value :: lease
+            real(c_double), value :: duration_s
+            integer(c_int) :: rc
+        end function
+
+        function rafi_alloc_renew(alloc, lease) bind(C, name="rafi_alloc_renew") result(rc)
+            import :: c_ptr, c_int
+            type(c_ptr), value :: alloc, lease
+            integer(c_int) :: rc
+        end function
+
         function rafi_buffer_create(alloc, size, buffer) bind(C, name="rafi_buffer_create") &
                 result(rc)
             import :: c_ptr, c_int, c_size_t

@@ -5,6 +5,7 @@
  *
  *   rafi_connect / rafi_connect_env          a client of the resource manager
  *   rafi_lease_create                        cores on one or more nodes, for a while
+ *   rafi_lease_renew + rafi_alloc_renew      for a while longer
  *   rafi_alloc_create                        an executor on each node with your functions
  *   rafi_invoke                              blocking
  *   rafi_buffer_create + rafi_invoke_buffer  blocking, from registered memory (no copy)
@@ -108,6 +109,12 @@ int rafi_lease_create(const rafi_client *client, int cores, double duration_s,
 int rafi_lease_info(const rafi_lease *lease, uint64_t *id, int *cores, int *nodes);
 int rafi_lease_export(const rafi_lease *lease, char *buffer, size_t capacity, size_t *len);
 int rafi_lease_import(const rafi_client *client, const char *json, rafi_lease **lease_out);
+/* Renewal: rafi_lease_renew extends the lease to duration_s seconds from now (the handle
+ * takes the fresh tokens); rafi_alloc_renew hands them to the executor managers of an
+ * allocation made on that lease, whose executors otherwise end at the old expiry. An
+ * ended lease is RAFI_ERR_LEASE. */
+int rafi_lease_renew(rafi_lease *lease, double duration_s);
+int rafi_alloc_renew(const rafi_alloc *alloc, const rafi_lease *lease);
 int rafi_lease_release(rafi_lease **lease); /* ends the lease and frees the handle */
 int rafi_lease_free(rafi_lease **lease);    /* frees the handle only; the lease goes on */
 

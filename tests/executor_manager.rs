@@ -449,6 +449,23 @@ fn concurrent_allocations_get_disjoint_cores() {
     assert_eq!(cores, [0, 1]);
 }
 
+/// A client that ends its allocation and at once allocates the same core under a new
+/// lease (what the resource manager allows as soon as the first lease is released) gets it:
+/// the manager waits for the ending executor instead of refusing `busy_cores`.
+#[test]
+fn cores_freed_by_an_ending_executor_are_waited_for_not_refused() {
+    let (_rm, manager) = cluster();
+    for lease in 20..25 {
+        let (conn, answer) = Conn::allocate(&manager, &token(lease, &[1]), None);
+        assert!(
+            matches!(answer, ManagerMessage::Allocated { .. }),
+            "lease {lease}: {answer:?}"
+        );
+        // The executor is still running when the next allocation comes.
+        drop(conn);
+    }
+}
+
 #[test]
 fn a_killed_executor_is_reported_to_the_client_and_the_resource_manager() {
     let (rm, manager) = cluster();

@@ -20,6 +20,8 @@ struct Part {
 
 /// The executors of one allocation (shared with its progress thread).
 pub struct Allocation {
+    /// The lease it was made on.
+    lease: u64,
     parts: Vec<Part>,
     functions: Vec<String>,
     max_payload: usize,
@@ -62,6 +64,7 @@ impl Allocation {
             });
         }
         Ok(Self {
+            lease: lease.lease,
             parts,
             functions: functions.iter().map(|f| f.to_string()).collect(),
             max_payload,
@@ -121,6 +124,37 @@ impl Allocation {
         let part = &self.parts[self.next_part.fetch_add(1, Ordering::Relaxed) % self.parts.len()];
         let f = part.functions[function];
         lock(&part.leased).invoke_into(f, input, output, needed)
+    }
+
+    /// Hands the fresh tokens of `lease` (renewed at the resource manager) to the executor
+    /// manager of every node of this allocation, so that its executors live on to the new
+    /// expiry.
+    pub fn renew(&self, lease: &Lease) -> Result<(), Failure> {
+        if lease.lease != self.lease {
+            return Err(Failure::arg(format!(
+                "the allocation was made on lease {}, not lease {}",
+                self.lease, lease.lease
+            )));
+        }
+        for part in &self.parts {
+            let mut leased = lock(&part.leased);
+            let renewed = lease
+                .parts
+                .iter()
+                .find(|p| p.node_name == leased.node())
+                .ok_or_else(|| {
+                    Failure::new(
+                        Code::Lease,
+                        format!(
+                            "lease {} no longer holds node {}",
+                            lease.lease,
+                            leased.node()
+                        ),
+                    )
+                })?;
+            leased.renew(renewed)?;
+        }
+        Ok(())
     }
 
     /// Registers `len` bytes of input memory with the next node's executor, round robin;

@@ -204,6 +204,45 @@ pub unsafe extern "C" fn rafi_lease_create(
     })
 }
 
+/// Extends the lease to `duration_s` seconds from now at the resource manager; the handle
+/// takes the fresh tokens. Executors already started on it end at the old expiry unless
+/// their allocation is renewed too (`rafi_alloc_renew`).
+///
+/// # Safety
+/// `lease` is a live handle, not used by another thread meanwhile.
+#[no_mangle]
+pub unsafe extern "C" fn rafi_lease_renew(lease: *mut LeaseHandle, duration_s: f64) -> c_int {
+    guard(|| {
+        // SAFETY: NULL or live and unshared by the caller's promise.
+        let l = unsafe { lease.as_mut() }.ok_or_else(|| Failure::arg("lease is NULL"))?;
+        let duration = Duration::try_from_secs_f64(duration_s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| Failure::arg(format!("duration_s = {duration_s} is not a duration")))?;
+        l.lease = l.leases.renew(l.lease.lease, duration)?;
+        Ok(())
+    })
+}
+
+/// Hands the renewed lease's tokens to the executor managers of `alloc` (made on that
+/// lease), so that its executors live on to the new expiry.
+///
+/// # Safety
+/// `alloc` and `lease` are live handles.
+#[no_mangle]
+pub unsafe extern "C" fn rafi_alloc_renew(
+    alloc: *const AllocHandle,
+    lease: *const LeaseHandle,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let a = unsafe { handle(alloc, "alloc") }?;
+        // SAFETY: forwarded from the caller.
+        let l = unsafe { handle(lease, "lease") }?;
+        a.allocation.renew(&l.lease)
+    })
+}
+
 /// The lease's id and its cores on all nodes.
 ///
 /// # Safety

@@ -101,6 +101,25 @@ impl AnyLeased {
         ))
     }
 
+    /// The node this part runs on.
+    pub fn node(&self) -> &str {
+        match self {
+            AnyLeased::Mock(l) => l.node(),
+            #[cfg(feature = "verbs")]
+            AnyLeased::Verbs(l) => l.node(),
+        }
+    }
+
+    /// Hands the renewed `part` (its fresh token) to this node's executor manager.
+    pub fn renew(&mut self, part: &LeasePart) -> Result<(), Failure> {
+        match self {
+            AnyLeased::Mock(l) => l.renew(part)?,
+            #[cfg(feature = "verbs")]
+            AnyLeased::Verbs(l) => l.renew(part)?,
+        };
+        Ok(())
+    }
+
     pub fn workers(&mut self) -> usize {
         with_allocation!(self, a => a.workers())
     }

@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use rafi::client::{AllocateError, InvokeError};
 use rafi::cluster::http::CallError;
-use rafi::cluster::lease::LeasedAllocateError;
+use rafi::cluster::lease::{LeasedAllocateError, RenewError};
 
 /// The codes of `rafi.h`, in the same order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +87,18 @@ impl From<CallError> for Failure {
                 (400, _) => Code::Arg,
                 _ => Code::Protocol,
             },
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+impl From<RenewError> for Failure {
+    fn from(e: RenewError) -> Self {
+        let code = match &e {
+            RenewError::WrongNode { .. } => Code::Arg,
+            RenewError::Refused { .. } => Code::Lease,
+            RenewError::Ended { .. } => Code::ExecutorGone,
+            RenewError::Protocol { .. } => Code::Protocol,
         };
         Failure::new(code, e.to_string())
     }

@@ -245,6 +245,14 @@ fn mpi_examples() {
             )),
             "{out}"
         );
+        for renewal in ["not renewed", "renewed"] {
+            assert!(
+                out.contains(&format!(
+                    "rank {rank}: a 2 s lease, {renewal}, after 3 s: as expected"
+                )),
+                "{out}"
+            );
+        }
     }
 
     // One rank, a lease over every node: an executor on each, fan-out across them.

@@ -162,6 +162,11 @@ impl<F: Fabric> Leased<F> {
         })
     }
 
+    /// The name of the node this executor runs on.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Extends the executor's life to the expiry of `part`'s token: `part` is this
     /// allocation's part of the lease as [`LeaseClient::renew`] returned it (a fresh
     /// token). Returns the new expiry the manager granted.

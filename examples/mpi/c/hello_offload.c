@@ -9,11 +9,46 @@
  * A lease of more cores than one node has spans nodes: the allocation then has an
  * executor on each, and the fan-out and the requests use all of them.
  */
+#include <unistd.h>
+
 #include "common.h"
 
 #define BATCHES 8   /* non-blocking Black-Scholes requests in flight */
 #define OPTIONS 100 /* options per batch */
 #define MANY 64     /* inputs of the fan-out */
+
+/* Leases one core for 2 s, allocates, renews both for a minute if asked, waits 3 s and
+ * invokes: the answer must come only from the renewed lease. Returns the failures. */
+static int short_lease(rafi_client *client, int renew, int rank) {
+    rafi_lease *lease = NULL;
+    rafi_alloc *alloc = NULL;
+    CHECK(rafi_lease_create(client, 1, 2.0, &lease));
+    CHECK(rafi_alloc_create(lease, "echo", &alloc));
+    int fn;
+    CHECK(rafi_function(alloc, "echo", &fn));
+    if (renew) {
+        CHECK(rafi_lease_renew(lease, 60.0));
+        CHECK(rafi_alloc_renew(alloc, lease));
+    }
+    sleep(3);
+    char reply[16];
+    size_t len = 0;
+    int rc = rafi_invoke(alloc, fn, "late", 4, reply, sizeof reply, &len);
+    int ok = renew ? rc == RAFI_OK && len == 4 : rc == RAFI_ERR_EXECUTOR_GONE;
+    printf("rank %d: a 2 s lease, %s, after 3 s: %s (%s)\n", rank,
+           renew ? "renewed" : "not renewed", ok ? "as expected" : "WRONG",
+           rc == RAFI_OK ? "answered" : rafi_last_error());
+    rafi_alloc_free(&alloc);
+    /* An expired lease is gone: releasing it says so. */
+    rc = rafi_lease_release(&lease);
+    if (renew ? rc != RAFI_OK : rc != RAFI_ERR_LEASE) {
+        printf("rank %d: releasing the %s lease gave %d (%s)\n", rank,
+               renew ? "renewed" : "expired", rc, rafi_last_error());
+        ok = 0;
+    }
+    rafi_lease_free(&lease);
+    return ok ? 0 : 1;
+}
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
@@ -102,8 +137,16 @@ int main(int argc, char **argv) {
 
     CHECK(rafi_alloc_free(&alloc));
     CHECK(rafi_lease_release(&lease));
+    if (alloc != NULL || lease != NULL) failures++;
+
+    /* Renewal. A 2-second lease left alone ends with its executor; one renewed at the
+     * resource manager (rafi_lease_renew) and at its executors' managers
+     * (rafi_alloc_renew) lives on. */
+    failures += short_lease(client, 0, rank);
+    failures += short_lease(client, 1, rank);
+
     CHECK(rafi_disconnect(&client));
-    if (alloc != NULL || lease != NULL || client != NULL) failures++;
+    if (client != NULL) failures++;
 
     int total = 0;
     MPI_Reduce(&failures, &total, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);

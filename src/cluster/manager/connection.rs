@@ -206,7 +206,7 @@ fn allocate(shared: &Shared, line: &str, events: Sender<Event>) -> Result<Admitt
     let node = shared.node().ok_or(AllocateError::NotRegistered)?;
     let now = token::now_millis();
     let claims = token::verify(shared.config.secret.as_bytes(), &token, node, now)?;
-    let id = shared.ledger().admit(&claims, hot, events.clone(), now)?;
+    let id = admit_when_free(shared, &claims, hot, &events, now)?;
     if shared.stopping() {
         shared.ledger().abandon(id, claims.nonce);
         return Err(AllocateError::Spawn(
@@ -284,6 +284,35 @@ enum End {
 
 /// Waits for the executor to exit, the client to leave, the lease to expire or an end;
 /// `renew` answers a renewal and returns the new expiry when it is granted.
+/// How long an allocation waits for cores (or GPUs) an ending executor still holds: the
+/// resource manager grants a released or expired lease's cores at once, while the
+/// executor that had them may take some milliseconds more to exit and be reaped.
+const BUSY_GRACE: Duration = Duration::from_secs(2);
+
+/// Admits `claims`, waiting up to [`BUSY_GRACE`] while its cores or GPUs are still held by
+/// an executor on its way out.
+fn admit_when_free(
+    shared: &Shared,
+    claims: &Claims,
+    hot: bool,
+    events: &Sender<Event>,
+    now: u64,
+) -> Result<u64, AllocateError> {
+    let deadline = Instant::now() + BUSY_GRACE;
+    loop {
+        // Bound first: the ledger's lock must not be held while this waits.
+        let admitted = shared.ledger().admit(claims, hot, events.clone(), now);
+        match admitted {
+            Err(AllocateError::BusyCores { .. } | AllocateError::BusyGpus { .. })
+                if Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn supervise(
     child: &mut Child,
     events: &Receiver<Event>,
