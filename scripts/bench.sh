@@ -132,6 +132,7 @@ for size in 1K 4K 16K 64K 256K 1M 4M; do
     run pingpong "$rafi" bench pingpong --fabric shm --size "$size" --iters "$(n 20000)" --cpus "$CPUS" --json
 done
 run invoke-hot "$rafi" bench invoke --fabric shm --mode hot --sizes 1K,4K,16K,64K,256K,1M,4M --iters "$(n 20000)" --cpus "$CPUS" --json
+run invoke-registered "$rafi" bench invoke --fabric shm --mode hot --registered --sizes 64,1K,4K,16K,64K,256K,1M,4M --iters "$(n 20000)" --cpus "$CPUS" --json
 if [ "$BASELINES" = 1 ]; then
     big=1024,4096,16384,65536,262144,1048576,4194304
     run baseline-mpi taskset -c "$CPUS" mpirun -np 2 "${mpirun_flags[@]}" --bind-to none \

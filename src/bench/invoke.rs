@@ -53,6 +53,9 @@ pub struct InvokeConfig {
     pub cpus: CpuPair,
     /// The protocol's compact form (no headers); false: a header on every message.
     pub compact: bool,
+    /// Send the input from a registered input buffer (`invoke_from`) instead of copying it
+    /// into the request slot.
+    pub registered: bool,
 }
 
 /// The benchmark failed.
@@ -228,6 +231,17 @@ impl FabricUser for Measure<'_> {
             .function(&c.function)
             .map_err(|source| InvokeBenchError::Invoke { index: 0, source })?;
         let input: Vec<u8> = (0..c.size).map(|i| i as u8).collect();
+        // With --registered the input lies in registered memory and is sent from there.
+        let registered = match c.registered {
+            false => None,
+            true => {
+                let mut buffer = a
+                    .input_buffer(c.size)
+                    .map_err(|source| InvokeBenchError::Invoke { index: 0, source })?;
+                buffer.as_mut_slice()[..c.size].copy_from_slice(&input);
+                Some(buffer)
+            }
+        };
         let mut recorder = LatencyRecorder::new();
         let echo = c.function == "rafi.echo";
         let total = c.warmup + c.iters;
@@ -239,9 +253,11 @@ impl FabricUser for Measure<'_> {
             // The output is viewed in place (the zero-copy API); like the raw ping-pong,
             // the timed loop does not read it, warm-up and the last call check it.
             let t0 = Instant::now();
-            let view = a
-                .invoke_view(f, &input)
-                .map_err(|source| InvokeBenchError::Invoke { index, source })?;
+            let view = match &registered {
+                None => a.invoke_view(f, &input),
+                Some(buffer) => a.invoke_from(f, buffer, 0..c.size),
+            }
+            .map_err(|source| InvokeBenchError::Invoke { index, source })?;
             let elapsed = t0.elapsed();
             let checked = index < c.warmup || index + 1 == total;
             if echo && checked && view[..] != input[..] {
@@ -262,6 +278,7 @@ impl FabricUser for Measure<'_> {
             .report(SCENARIO, kind.name(), &c.function, c.size, c.warmup)
             .with("mode", c.mode.as_str())
             .with("form", if c.compact { "compact" } else { "headers" })
+            .with("input", if c.registered { "registered" } else { "copied" })
             .with("client_cpu", c.cpus.client)
             .with("executor_cpu", c.cpus.server);
         Ok((report, recorder))

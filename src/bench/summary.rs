@@ -263,20 +263,24 @@ impl Results {
         let _ = writeln!(
             s,
             "### Payload sweep (rafi.echo, size bytes each way; p50, ns)\n\n\
-             | size | rafi hot | raw ping-pong | rafi / ping-pong | Open MPI | rafi / MPI | TCP | gRPC |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|"
+             \"registered\": the input sent from registered input memory (`invoke_from`, \
+             `--registered`) instead of copied into the request slot.\n\n\
+             | size | rafi hot | rafi hot, registered | raw ping-pong | rafi / ping-pong | Open MPI | rafi / MPI | registered / MPI | TCP | gRPC |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for size in sizes {
             let by = Some(("size", size));
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 super::plot::format_value(size as f64, Units::Bytes),
                 ns(self.p50("invoke-hot", by)),
+                ns(self.p50("invoke-registered", by)),
                 ns(self.p50("pingpong", by)),
                 ratio(self.ratio(("invoke-hot", by), ("pingpong", by), "p50_ns")),
                 ns(self.p50("baseline-mpi", by)),
                 ratio(self.ratio(("invoke-hot", by), ("baseline-mpi", by), "p50_ns")),
+                ratio(self.ratio(("invoke-registered", by), ("baseline-mpi", by), "p50_ns")),
                 ns(self.p50("baseline-tcp", by)),
                 ns(self.p50("baseline-grpc", by)),
             );
@@ -419,6 +423,7 @@ impl Results {
         );
         for (label, key) in [
             ("rafi hot invocation (echo)", "invoke-hot"),
+            ("rafi, registered input", "invoke-registered"),
             ("raw fabric ping-pong", "pingpong"),
             ("Open MPI ping-pong", "baseline-mpi"),
             ("TCP request/response", "baseline-tcp"),

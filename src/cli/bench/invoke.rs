@@ -55,6 +55,10 @@ pub struct InvokeArgs {
     /// instead of the compact form, to measure what the compact form saves.
     #[arg(long)]
     pub headers: bool,
+    /// Send each input from registered input memory (`Allocation::invoke_from`: the
+    /// request's WRITE reads it in place) instead of copying it into the request slot.
+    #[arg(long)]
+    pub registered: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -108,6 +112,7 @@ pub fn run(args: &InvokeArgs) -> anyhow::Result<()> {
             gap: Duration::from_micros(args.gap_us),
             idle: Duration::from_micros(args.idle_us),
             compact: !args.headers,
+            registered: args.registered,
             cpus,
         };
         let (report, recorder) = super::on_own_thread(|| {
