@@ -224,6 +224,10 @@ while read -r tag dir; do
 done <$C/rw.list
 log "file systems mounted"
 
+# A host name that resolves (the kernel's default is "(none)", which Open MPI's mpirun
+# refuses as a node name): the host's /etc/hosts, seen read-only, knows localhost.
+echo localhost >/proc/sys/kernel/hostname || fail "cannot set the host name"
+
 # rxe0 on a dummy netdev (or lo). The GID of IPv4 a.b.c.d is ::ffff:a.b.c.d: in sysfs
 # 0000:0000:0000:0000:0000:ffff:aabb:ccdd; usually index 1 (0 is the fe80:: one).
 ip link set lo up || fail "ip link set lo up failed"

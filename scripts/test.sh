@@ -16,20 +16,26 @@ require_cargo
 ensure_debian_packages iproute2 libibverbs-dev librdmacm-dev libclang-dev pkg-config \
     libopenmpi-dev openmpi-bin gfortran
 
-# run_in_rxe_vm TEST[:FILTER]...: builds the integration-test targets TEST... (tests/TEST.rs
-# or tests/TEST/main.rs) with the verbs feature on the host and runs them all in one boot of
+# run_in_rxe_vm [PACKAGE/]TEST[:FILTER]...: builds the integration-test targets TEST...
+# (tests/TEST.rs or tests/TEST/main.rs of PACKAGE, default the rafi crate) with the verbs
+# feature on the host and runs them all in one boot of
 # the soft-RoCE VM (scripts/rxe-vm.sh; docs/soft-roce.md), one after the other,
 # single-threaded, each with its libtest FILTER if given (e.g. `verbs::` to leave out the
 # shm and tcp instances that already ran on the host). A failing test fails the script. A
 # VM that cannot be set up (status 125) fails it under CI=true and is a warning elsewhere.
 run_in_rxe_vm() {
-    local spec target filter bin
+    local spec target filter bin package
     local -a runs=()
     for spec in "$@"; do
         target=${spec%%:*}
         filter=
         [ "$target" != "$spec" ] && filter=${spec#*:}
-        bin=$(cargo test --features verbs --locked --no-run --message-format=json \
+        package=rafi
+        if [[ $target == */* ]]; then
+            package=${target%%/*}
+            target=${target#*/}
+        fi
+        bin=$(cargo test -p "$package" --features verbs --locked --no-run --message-format=json \
             --test "$target" | grep -o '"executable":"[^"]*"' |
             sed 's/^"executable":"//; s/"$//' | grep "/deps/$target-")
         [ -n "$bin" ] || die "no test binary for $target"
@@ -76,8 +82,11 @@ step "soft-RoCE: verbs tests in a qemu guest"
 # The verbs smoke tests, the conformance suite, the end-to-end invocation tests, the hot
 # path's allocation check, and `rafi bench pingpong|invoke --fabric verbs` on rxe0; each
 # asserts that rxe0 is the device it really used. More suites: add them here.
+# The C API's MPI examples too (rafi-capi/mpi_examples: in the guest its cluster runs on
+# verbs over rxe0), with librafi built with verbs first: cargo does not run in the guest.
+cargo build -p rafi-capi --features verbs --locked
 run_in_rxe_vm verbs conformance:verbs:: invoke:verbs:: invoke_hot_path:verbs remote_memory:verbs:: \
-    cli:verbs_pingpong_and_invoke_on_the_device
+    cli:verbs_pingpong_and_invoke_on_the_device rafi-capi/mpi_examples
 
 echo
 echo "all tests passed"

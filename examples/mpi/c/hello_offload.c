@@ -17,12 +17,17 @@
 #define OPTIONS 100 /* options per batch */
 #define MANY 64     /* inputs of the fan-out */
 
-/* Leases one core for 2 s, allocates, renews both for a minute if asked, waits 3 s and
- * invokes: the answer must come only from the renewed lease. Returns the failures. */
+/* Leases one core for a short time (RAFI_EXAMPLE_SHORT_LEASE seconds, default 2),
+ * allocates, renews both for a minute if asked, waits until a second after the first
+ * expiry and invokes: the answer must come only from the renewed lease. Returns the
+ * failures. */
 static int short_lease(rafi_client *client, int renew, int rank) {
+    const char *setting = getenv("RAFI_EXAMPLE_SHORT_LEASE");
+    double seconds = setting ? atof(setting) : 2.0;
+    if (seconds <= 0) seconds = 2.0;
     rafi_lease *lease = NULL;
     rafi_alloc *alloc = NULL;
-    CHECK(rafi_lease_create(client, 1, 2.0, &lease));
+    CHECK(rafi_lease_create(client, 1, seconds, &lease));
     CHECK(rafi_alloc_create(lease, "echo", &alloc));
     int fn;
     CHECK(rafi_function(alloc, "echo", &fn));
@@ -30,12 +35,12 @@ static int short_lease(rafi_client *client, int renew, int rank) {
         CHECK(rafi_lease_renew(lease, 60.0));
         CHECK(rafi_alloc_renew(alloc, lease));
     }
-    sleep(3);
+    sleep((unsigned)seconds + 1);
     char reply[16];
     size_t len = 0;
     int rc = rafi_invoke(alloc, fn, "late", 4, reply, sizeof reply, &len);
     int ok = renew ? rc == RAFI_OK && len == 4 : rc == RAFI_ERR_EXECUTOR_GONE;
-    printf("rank %d: a 2 s lease, %s, after 3 s: %s (%s)\n", rank,
+    printf("rank %d: a short lease, %s, after its first expiry: %s (%s)\n", rank,
            renew ? "renewed" : "not renewed", ok ? "as expected" : "WRONG",
            rc == RAFI_OK ? "answered" : rafi_last_error());
     rafi_alloc_free(&alloc);
@@ -139,7 +144,7 @@ int main(int argc, char **argv) {
     CHECK(rafi_lease_release(&lease));
     if (alloc != NULL || lease != NULL) failures++;
 
-    /* Renewal. A 2-second lease left alone ends with its executor; one renewed at the
+    /* Renewal. A short lease left alone ends with its executor; one renewed at the
      * resource manager (rafi_lease_renew) and at its executors' managers
      * (rafi_alloc_renew) lives on. */
     failures += short_lease(client, 0, rank);
