@@ -80,6 +80,19 @@ fn in_rxe_vm() -> bool {
     std::env::var_os("RAFI_RXE_VM").is_some()
 }
 
+/// The verbs fabric on rxe0, for everything this test starts (its children inherit the
+/// device name).
+#[cfg(feature = "verbs")]
+fn rxe0_fabric() -> FabricKind {
+    std::env::set_var("RAFI_RDMA_DEVICE", "rxe0");
+    FabricKind::Verbs
+}
+
+#[cfg(not(feature = "verbs"))]
+fn rxe0_fabric() -> FabricKind {
+    panic!("in the rxe guest this test needs --features verbs");
+}
+
 /// Builds librafi (the cdylib and staticlib) into `out_dir`: `cargo test` builds only the
 /// crate's test harness, and a library left there by an earlier build may be stale. A
 /// no-op when it is up to date.
@@ -162,12 +175,7 @@ impl Setup {
             .collect();
         let ranks = nodes.len();
         let fabric = if in_rxe_vm() {
-            assert!(
-                cfg!(feature = "verbs"),
-                "in the rxe guest this test needs --features verbs"
-            );
-            std::env::set_var("RAFI_RDMA_DEVICE", "rxe0");
-            FabricKind::Verbs
+            rxe0_fabric()
         } else {
             FabricKind::Shm
         };
