@@ -13,7 +13,7 @@ use rafi::fabric::{self, Fabric, FabricUser};
 use rafi_mpi_examples::batch::{compare, OptionBatch};
 use rafi_mpi_examples::cluster::{ClusterArgs, RemoteWorkers};
 use rafi_mpi_examples::ranks::{
-    all_succeeded, max_over_ranks, own_or_other_failure, sum_over_ranks,
+    all_succeeded, max_over_ranks, own_or_other_failure, run_on_fabric, sum_over_ranks,
 };
 use rafi_mpi_examples::remote::{
     chunks, decode_prices, encode_chunks, invoke_spread, options_per_chunk, NOOP_FUNCTION,
@@ -69,39 +69,9 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let Some(universe) = mpi::initialize() else {
-        eprintln!("{APP}: error: MPI was initialized already");
-        return ExitCode::FAILURE;
-    };
-    let world = universe.world();
-    let rank = world.rank();
-    let outcome = match fabric::open(
-        &args.cluster.fabric_config(),
-        App {
-            args: &args,
-            world: &world,
-        },
-    ) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            // Take part in the setup agreement the other ranks wait in, as a failure.
-            let own = Err(anyhow::Error::from(e)
-                .context(format!("opening the {} fabric", args.cluster.fabric)));
-            all_succeeded(&world, false);
-            Err(own_or_other_failure(own, "setting up the remote workers"))
-        }
-    };
-    let code = match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One write: the lines of several ranks reach mpirun's stderr interleaved.
-            let line = format!("{APP}: rank {rank}: error: {e:#}\n");
-            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
-            ExitCode::FAILURE
-        }
-    };
-    drop(universe); // MPI_Finalize before exiting
-    code
+    run_on_fabric(APP, &args.cluster, |world| {
+        fabric::open(&args.cluster.fabric_config(), App { args: &args, world })
+    })
 }
 
 struct App<'a, C: Communicator> {
