@@ -163,6 +163,14 @@ pub unsafe extern "C" fn rafi_disconnect(client: *mut *mut Client) -> c_int {
     guard(|| unsafe { take_handle(client, "client") }.map(drop))
 }
 
+/// A lease's duration in seconds: positive and finite.
+fn lease_duration(duration_s: f64) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(duration_s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| Failure::arg(format!("duration_s = {duration_s} is not a duration")))
+}
+
 /// Leases `cores` cores for `duration_s` seconds.
 ///
 /// # Safety
@@ -184,10 +192,7 @@ pub unsafe extern "C" fn rafi_lease_create(
             .ok()
             .filter(|&c| c > 0)
             .ok_or_else(|| Failure::arg(format!("cores = {cores}: a lease needs at least one")))?;
-        let duration = Duration::try_from_secs_f64(duration_s)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| Failure::arg(format!("duration_s = {duration_s} is not a duration")))?;
+        let duration = lease_duration(duration_s)?;
         let lease = client.leases.lease(&LeaseRequest {
             cores,
             memory_mib: 0,
@@ -215,10 +220,7 @@ pub unsafe extern "C" fn rafi_lease_renew(lease: *mut LeaseHandle, duration_s: f
     guard(|| {
         // SAFETY: NULL or live and unshared by the caller's promise.
         let l = unsafe { lease.as_mut() }.ok_or_else(|| Failure::arg("lease is NULL"))?;
-        let duration = Duration::try_from_secs_f64(duration_s)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| Failure::arg(format!("duration_s = {duration_s} is not a duration")))?;
+        let duration = lease_duration(duration_s)?;
         l.lease = l.leases.renew(l.lease.lease, duration)?;
         Ok(())
     })
