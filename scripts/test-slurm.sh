@@ -8,7 +8,8 @@
 #   rafi invoke leases a core and invokes on each node;
 #   rafi-slurm stop, while a client invokes in a loop: the managers end their executors
 #     and exit 0, the client hears it, the resource manager sees the lease end, the job
-#     completes.
+#     completes;
+#   a one-minute job drained by Slurm's own warning before its time limit completes.
 # Needs root or CI=true (then sudo for the packages, and the cluster runs as this user);
 # otherwise it prints why and skips. RAFI_BIN: the rafi binary [default: a debug build].
 set -euo pipefail
@@ -309,5 +310,29 @@ grep -Eq '"lease":'"$lease"',.*"state":"(lost|released)"' <<<"${leases##*\},\{}"
 # manager to end it, after a last flush of its usage, and exited 0.
 grep -q "lease $lease executor ended: the executor manager is shutting down (stopped: exit status: 0)" \
     "$D/job-$job.out" || fail "lease $lease's executor was not ended by its manager"
-until_ok 10 "the nodes to be idle again" test "$(sinfo -h -N -o '%N %t' -n n1,n2 | awk '$2 == "idle"' | sort -u | wc -l)" -eq 2
+nodes_idle() {
+    [ "$(sinfo -h -N -o '%N %t' -n n1,n2 | awk '$2 == "idle"' | sort -u | wc -l)" -eq 2 ]
+}
+until_ok 10 "the nodes to be idle again" nodes_idle
+
+# ---- Slurm's own warning before the time limit ------------------------------------------
+# A one-minute job whose managers Slurm itself signals 50 s before the limit
+# (--signal=TERM@50; the controller looks at time limits about every 30 s, so the signal
+# comes 10-40 s after the start): they drain on the batch system's warning, not on a
+# scancel, and the job ends COMPLETED before the limit instead of TIMEOUT.
+job=$("$SLURM_HELPER" start -N 2 --timeout 30 -- --time 1 --signal=TERM@50 \
+    --output "$D/job-%j.out") || fail "rafi-slurm start (time-limited job) failed"
+log "managers registered (job $job, time limit 1 minute, warned 50 s before)"
+job_state() {
+    scontrol show job -o "$job" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'
+}
+job_over() {
+    case $(job_state) in PENDING | CONFIGURING | RUNNING | COMPLETING) return 1 ;; esac
+}
+until_ok 58 "job $job to end on Slurm's warning signal, before its limit" job_over
+[ "$(job_state)" = COMPLETED ] || fail "job $job ended $(job_state), expected COMPLETED"
+[ "$(grep -c 'shut down cleanly' "$D/job-$job.out")" -eq 2 ] ||
+    fail "not both managers of job $job reported a clean shutdown"
+log "job $job: drained by Slurm's time-limit warning, COMPLETED"
+until_ok 10 "the nodes to be idle again" nodes_idle
 log "slurm test passed"
