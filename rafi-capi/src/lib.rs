@@ -765,22 +765,37 @@ pub unsafe extern "C" fn rafi_waitall(
                 None => Ok(0),
                 Some(r) => r.0.wait(),
             };
-            // SAFETY: NULL or `count` entries long (caller's promise).
-            unsafe {
-                if !output_lens.is_null() {
-                    put_optional(output_lens.add(i), *outcome.as_ref().unwrap_or(&0));
-                }
-                if !statuses.is_null() {
-                    let code = outcome.as_ref().map_or_else(|f| f.code, |_| Code::Ok);
-                    put_optional(statuses.add(i), code as c_int);
-                }
-            }
+            // SAFETY: NULL or `count` entries long (caller's promise), and `i < count`.
+            unsafe { report_outcome(&outcome, i, output_lens, statuses) };
             if let Err(f) = outcome {
                 first_failure.get_or_insert(f);
             }
         }
         first_failure.map_or(Ok(()), Err)
     })
+}
+
+/// Stores entry `i` of the per-item results of `rafi_waitall` and `rafi_invoke_many`: the
+/// output's length (0 on failure) and the status, each where its array is not NULL.
+///
+/// # Safety
+/// `output_lens` and `statuses` are NULL or valid for writes of more than `i` entries.
+unsafe fn report_outcome(
+    outcome: &Result<usize, Failure>,
+    i: usize,
+    output_lens: *mut usize,
+    statuses: *mut c_int,
+) {
+    // SAFETY: entry `i` of each non-NULL array is valid by the caller's promise.
+    unsafe {
+        if !output_lens.is_null() {
+            put_optional(output_lens.add(i), *outcome.as_ref().unwrap_or(&0));
+        }
+        if !statuses.is_null() {
+            let code = outcome.as_ref().map_or_else(|f| f.code, |_| Code::Ok);
+            put_optional(statuses.add(i), code as c_int);
+        }
+    }
 }
 
 /// Invokes `function` on `count` inputs of `input_size` bytes each, packed at `inputs`,
@@ -833,16 +848,8 @@ pub unsafe extern "C" fn rafi_invoke_many(
             let outcome = item.outcome.unwrap_or_else(|| {
                 Err(Failure::new(Code::Bug, "an input was left without outcome"))
             });
-            // SAFETY: NULL or `count` entries long (caller's promise).
-            unsafe {
-                if !output_lens.is_null() {
-                    put_optional(output_lens.add(i), *outcome.as_ref().unwrap_or(&0));
-                }
-                if !statuses.is_null() {
-                    let code = outcome.as_ref().map_or_else(|f| f.code, |_| Code::Ok);
-                    put_optional(statuses.add(i), code as c_int);
-                }
-            }
+            // SAFETY: NULL or `count` entries long (caller's promise), and `i < count`.
+            unsafe { report_outcome(&outcome, i, output_lens, statuses) };
             if let Err(f) = outcome {
                 first_failure.get_or_insert(f);
             }
@@ -875,8 +882,8 @@ mod tests {
     #[test]
     fn every_code_has_its_own_description() {
         let texts: Vec<String> = (0..=Code::Bug as c_int)
-            // SAFETY: rafi_strerror returns a static NUL-terminated string.
             .map(|c| {
+                // SAFETY: rafi_strerror returns a static NUL-terminated string.
                 unsafe { CStr::from_ptr(rafi_strerror(c)) }
                     .to_string_lossy()
                     .into()
@@ -969,10 +976,8 @@ mod tests {
         let json = c"{\"lease\":5,\"client\":\"me\",\"expires_at\":1,\"parts\":[]}";
         let mut lease = null_mut();
         // SAFETY: valid client, string and out-pointer.
-        assert_eq!(
-            unsafe { rafi_lease_import(&client, json.as_ptr(), &mut lease) },
-            0
-        );
+        let rc = unsafe { rafi_lease_import(&client, json.as_ptr(), &mut lease) };
+        assert_eq!(rc, 0);
         let mut small = [0 as c_char; 8];
         let mut len = 0;
         // SAFETY: a live lease; the buffer holds 8 bytes.
@@ -987,10 +992,8 @@ mod tests {
         assert!(text.contains("\"lease\":5"), "{text}");
         let (mut id, mut cores, mut nodes) = (0, -1, -1);
         // SAFETY: a live lease and valid out-pointers.
-        assert_eq!(
-            unsafe { rafi_lease_info(lease, &mut id, &mut cores, &mut nodes) },
-            0
-        );
+        let rc = unsafe { rafi_lease_info(lease, &mut id, &mut cores, &mut nodes) };
+        assert_eq!(rc, 0);
         assert_eq!((id, cores, nodes), (5, 0, 0));
         // An allocation on a lease without parts is refused, not attempted.
         let mut alloc = null_mut();

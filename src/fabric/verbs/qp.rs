@@ -368,9 +368,9 @@ impl crate::fabric::QueuePair for QueuePair {
             return Err(PostError::SendQueueFull(depth));
         }
         let atomic = matches!(wr.op, SendOp::FetchAdd { .. } | SendOp::CmpSwap { .. });
-        // SAFETY: all-zero is a valid ibv_sge array and ibv_send_wr (null pointers, zero
-        // numbers, no flags).
+        // SAFETY: all-zero is a valid ibv_sge array (null address, zero length and key).
         let mut sges: [ibv_sge; MAX_SGE] = unsafe { std::mem::zeroed() };
+        // SAFETY: all-zero is a valid ibv_send_wr (null pointers, zero numbers, no flags).
         let mut ibv: ibv_send_wr = unsafe { std::mem::zeroed() };
         ibv.wr_id = wr.wr_id;
         if wr.signaled {
