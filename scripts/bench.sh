@@ -116,7 +116,7 @@ for round in $(seq "$ROUNDS"); do
     run invoke-hot-noop "$rafi" bench invoke --fabric shm --mode hot --function rafi.noop --size 0 --iters "$(n 100000)" --cpus "$CPUS" --json
     run invoke-hot "$rafi" bench invoke --fabric shm --mode hot --sizes 1,8,64 --iters "$(n 100000)" --cpus "$CPUS" --json
     run invoke-warm "$rafi" bench invoke --fabric shm --mode warm --size 64 --iters "$(n 20000)" --cpus "$CPUS" --json
-    run throughput "$rafi" bench throughput --fabric shm --function rafi.noop --workers "$workers" --depth 32 --iters "$(n 2000000)" --warmup "$(n 200000)" --json
+    run throughput "$rafi" bench throughput --fabric shm --function rafi.noop --workers "$workers" --client-threads auto --depth 32 --iters "$(n 2000000)" --warmup "$(n 200000)" --json
     if [ "$BASELINES" = 1 ]; then
         run baseline-mpi taskset -c "$CPUS" mpirun -np 2 "${mpirun_flags[@]}" --bind-to none \
             "$target/release/baseline-mpi" --op pingpong --sizes 1,8,64 --iters "$(n 100000)" --json

@@ -49,6 +49,7 @@ const RESULTS: &str = r#"
 {"key":"baseline-grpc","round":1,"fabric":"grpc","size":64,"p50_ns":120000}
 {"key":"baseline-grpc","round":2,"fabric":"grpc","size":64,"p50_ns":60000}
 {"key":"throughput","round":1,"workers":1,"depth":32,"throughput_ops":2500000.0}
+{"key":"throughput","round":1,"workers":4,"depth":32,"throughput_ops":8000000.0,"client_threads":4}
 {"key":"clients","round":1,"clients":1,"p50_ns":600,"p99_ns":900,"throughput_ops":1500000.0,"workers":1,"client_wait":"spin"}
 {"key":"clients","round":1,"clients":2,"p50_ns":700,"p99_ns":1900,"throughput_ops":1200000.0,"workers":1,"client_wait":"sleep"}
 {"key":"cold","round":1,"p50_ns":6200000}
@@ -81,7 +82,10 @@ fn report_tables_take_ratios_within_rounds() {
     assert!(row(&md, "| 1M | ").contains("250.0 µs"));
     assert!(row(&md, "| warm invocation").contains("1.25 × wake"));
     assert!(row(&md, "| cold start").contains("6.20 ms **met**"));
-    assert!(row(&md, "| 1 | 2.50 M |").contains("2.50 M/s **met**"));
+    // Lines from before client threads existed had one.
+    assert!(row(&md, "| 1 | 1 | 2.50 M |").contains("2.50 M/s **met**"));
+    // 8 M / (4 × 2.5 M) = 0.8.
+    assert!(row(&md, "| 4 | 4 | 8.00 M | 2.00 M |").contains("0.80 **met**"), "{md}");
     assert!(row(&md, "| 2 | — |").contains("not measured here"));
     assert!(row(&md, "| 14 | — |").contains("this machine has 2"));
     assert!(row(&md, "| 2 | 700 ns |").contains("sleep"));
@@ -215,6 +219,38 @@ fn throughput_and_clients_print_their_fields() {
     );
     assert!(t["throughput_ops"].as_f64().unwrap() > 0.0);
     assert!(t["p50_ns"].as_u64().unwrap() > 0);
+    assert_eq!(t["client_threads"], 1);
+
+    // Two client threads, each with its own allocation of one of the two workers (the
+    // executor gives them the least loaded, so they do not share): the iterations are
+    // shared out and every one is counted. All on one core, on purpose: any machine runs it.
+    let cpu = rafi::bench::throughput::usable_cores()[0].to_string();
+    let cpus = format!("{cpu},{cpu}");
+    let lines = json_lines(&rafi(&[
+        "bench",
+        "throughput",
+        "--workers",
+        "2",
+        "--client-cpus",
+        &cpus,
+        "--executor-cores",
+        &cpus,
+        "--iters",
+        "3000",
+        "--warmup",
+        "100",
+        "--depth",
+        "4",
+        "--mode",
+        "warm",
+        "--json",
+    ]));
+    let t = &lines[0];
+    assert_eq!(
+        (t["client_threads"].as_u64(), t["workers"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(t["iters"], 3000);
 
     let lines = json_lines(&rafi(&[
         "bench",
@@ -256,6 +292,8 @@ fn bad_settings_are_clear_errors() {
     let out = rafi(&["bench", "throughput", "--workers", "1000", "--iters", "1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("1000 worker(s) need 1001 cores"));
+    let out = rafi(&["bench", "throughput", "--client-threads", "none"]);
+    assert_eq!(out.status.code(), Some(2));
     let out = rafi(&["bench", "clients", "--clients", "0"]);
     assert_eq!(out.status.code(), Some(2));
     let out = rafi(&["bench", "invoke", "--sizes", "1,x"]);

@@ -8,6 +8,8 @@
 
 #[path = "support/cluster.rs"]
 mod harness;
+#[path = "support/libraries.rs"]
+mod libraries;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -839,4 +841,121 @@ fn a_memory_lease_is_reachable_until_it_expires(fabric: FabricKind) {
         }
     };
     assert!(matches!(err, MemoryError::Released(_)), "{err}");
+}
+
+// ---- GPUs ---------------------------------------------------------------------------------
+
+/// A function that answers with its executor's `CUDA_VISIBLE_DEVICES`: what a CUDA library
+/// on that executor would see (examples/functions/cuda; no GPU needed here).
+const VISIBLE_GPUS_LIBRARY: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#include "rafi_function.h"
+
+static int64_t visible_gpus(const uint8_t *input, size_t input_len, uint8_t *output,
+                            size_t capacity) {
+    (void)input;
+    (void)input_len;
+    const char *v = getenv("CUDA_VISIBLE_DEVICES");
+    if (v == NULL) v = "unset";
+    size_t n = strlen(v);
+    if (n > capacity) return RAFI_ERR_OUTPUT_TOO_SMALL;
+    memcpy(output, v, n);
+    return (int64_t)n;
+}
+
+static const rafi_function_entry functions[] = {{"visible_gpus", visible_gpus}};
+RAFI_FUNCTION_EXPORT(functions)
+"#;
+
+/// GPUs end to end through the shell tools: `rafi executor-manager --gpus` offers them,
+/// `rafi invoke --gpus N` leases N with its core, and the executor the manager starts sees
+/// exactly the leased ones (`CUDA_VISIBLE_DEVICES`); none when none were leased. More GPUs
+/// than the node has, a malformed `--gpus` and GPUs without a lease are clear errors.
+#[test]
+fn leased_gpus_are_the_executors_visible_devices() {
+    let library = libraries::cc("visible_gpus", VISIBLE_GPUS_LIBRARY);
+    let dir = TempDir::new();
+    let rm_service = ResourceManager::start(rm_config(dir.path(), "127.0.0.1:0")).unwrap();
+    let rm = rm_service.address().to_string();
+    let manager_args = |gpus: &'static str| {
+        [
+            "executor-manager",
+            "--resource-manager",
+            &rm,
+            "--secret",
+            SECRET,
+            "--node",
+            "gpu-node",
+            "--listen",
+            "127.0.0.1:0",
+            "--spare-cores",
+            "0",
+            "--gpus",
+            gpus,
+            "--library",
+            library.to_str().unwrap(),
+        ]
+        .map(String::from)
+    };
+    let bad = std::process::Command::new(RAFI)
+        .args(manager_args("0,,1"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("is not a GPU id"), "{said}");
+
+    let args = manager_args("3,GPU-5");
+    let mut program = vec![RAFI];
+    program.extend(args.iter().map(String::as_str));
+    let _manager = ChildProcess::spawn(&program, &[]);
+    let node = wait_up(&rm, "gpu-node");
+    assert_eq!(node.gpus, ["3", "GPU-5"]);
+
+    let invoke = |gpus: &str| {
+        let out = std::process::Command::new(RAFI)
+            .args(["invoke", "visible_gpus", "--gpus", gpus])
+            .args(["--resource-manager", &rm, "--client", CLIENT])
+            .args(["--secret", CLIENT_SECRET, "--fabric", "shm"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            said,
+        )
+    };
+    for (gpus, visible, listed) in [
+        ("1", "3\n", r#"GPUs ["3"]"#),
+        ("2", "3,GPU-5\n", r#"GPUs ["3", "GPU-5"]"#),
+        ("0", "\n", "GPUs []"),
+    ] {
+        let (code, stdout, stderr) = invoke(gpus);
+        assert_eq!(code, Some(0), "--gpus {gpus}: {stderr}");
+        assert_eq!(stdout, visible, "--gpus {gpus}");
+        assert!(stderr.contains(listed), "--gpus {gpus}: {stderr}");
+    }
+    let (code, _, stderr) = invoke("3");
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("leasing a core and 3 GPU(s)") && stderr.contains("3 GPUs"),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(RAFI)
+        .args([
+            "invoke",
+            "visible_gpus",
+            "--gpus",
+            "1",
+            "--executor",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--gpus leases GPUs"), "{said}");
+    none_leased(&rm);
 }

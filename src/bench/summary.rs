@@ -331,8 +331,9 @@ impl Results {
             .and_then(|r| r.get("depth")?.as_u64());
         let _ = writeln!(
             s,
-            "### Throughput (rafi.noop pipelined, {} in flight per worker, one client core)\n\n\
-             | workers | invocations/s | per worker | target | result |\n|---:|---:|---:|---|---|",
+            "### Throughput (rafi.noop pipelined, {} in flight per worker)\n\n\
+             | workers | client threads | invocations/s | per worker | target | result |\n\
+             |---:|---:|---:|---:|---|---|",
             depth.map_or("—".into(), |d| d.to_string())
         );
         let mut workers: BTreeSet<u64> = SCALING_WORKERS.into_iter().collect();
@@ -370,9 +371,20 @@ impl Results {
                 };
                 (format!("≥ {SCALING_TARGET} × N × one worker"), result)
             };
+            // Runs before client threads existed had one.
+            let threads = self
+                .rounds
+                .iter()
+                .find_map(|&r| self.row(r, "throughput", Some(("workers", n))))
+                .map_or("—".into(), |r| {
+                    r.get("client_threads")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(1)
+                        .to_string()
+                });
             let _ = writeln!(
                 s,
-                "| {n} | {} | {} | {target} | {result} |",
+                "| {n} | {threads} | {} | {} | {target} | {result} |",
                 rate(ops),
                 rate(ops.map(|o| o / n as f64)),
             );

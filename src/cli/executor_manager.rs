@@ -41,6 +41,10 @@ pub struct ExecutorManagerArgs {
     /// Memory leases may take, MiB [default: the host's].
     #[arg(long)]
     pub memory_mib: Option<u64>,
+    /// GPUs leases may take, as `CUDA_VISIBLE_DEVICES` names them (e.g. 0,1), or `none`
+    /// [default: what `nvidia-smi -L` lists].
+    #[arg(long)]
+    pub gpus: Option<String>,
     /// A function library every executor loads (repeatable).
     #[arg(long)]
     pub library: Vec<PathBuf>,
@@ -84,7 +88,9 @@ pub fn config(args: &ExecutorManagerArgs, file: &ConfigFile) -> anyhow::Result<M
     if let Some(m) = args.memory_mib.or(section.memory_mib) {
         c.memory_mib = m;
     }
-    if let Some(gpus) = &section.gpus {
+    if let Some(list) = &args.gpus {
+        c.gpus = parse_gpu_ids(list)?;
+    } else if let Some(gpus) = &section.gpus {
         c.gpus = gpus.clone();
     }
     for lib in args.library.iter().chain(&section.libraries) {
@@ -97,6 +103,24 @@ pub fn config(args: &ExecutorManagerArgs, file: &ConfigFile) -> anyhow::Result<M
     c.sandbox = section.sandbox.clone();
     c.memory_cgroup = section.memory_cgroup.clone();
     Ok(c)
+}
+
+/// `--gpus`: ids as `CUDA_VISIBLE_DEVICES` takes them (indices or `GPU-…` UUIDs), comma
+/// separated, or `none`.
+fn parse_gpu_ids(list: &str) -> anyhow::Result<Vec<String>> {
+    if list.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = list.split(',').map(|id| id.trim().to_string()).collect();
+    if let Some(bad) = ids
+        .iter()
+        .find(|id| id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    {
+        anyhow::bail!(
+            "--gpus {list:?}: {bad:?} is not a GPU id (give ids like 0,1 or GPU-UUIDs, or none)"
+        );
+    }
+    Ok(ids)
 }
 
 /// Serves until SIGTERM or SIGINT, then shuts down cleanly and returns (exit status 0):

@@ -40,6 +40,10 @@ pub struct InvokeArgs {
     /// Its secret [config: client.secret].
     #[arg(long, env = "RAFI_CLIENT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// GPUs to lease with the core (needs a lease, not --executor); the executor sees
+    /// exactly these as its `CUDA_VISIBLE_DEVICES`.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
     #[command(flatten)]
     pub fabric: FabricArgs,
     /// Ship this function library with the allocation (the executor must accept it).
@@ -147,6 +151,12 @@ impl FabricUser for Invoke<'_> {
         let functions = [args.function.as_str()];
         match (&args.executor, &args.resource_manager) {
             (Some(executor), _) => {
+                if args.gpus > 0 {
+                    bail!(
+                        "--gpus leases GPUs from the resource manager: give --resource-manager \
+                         instead of --executor"
+                    );
+                }
                 let mut a = Allocation::connect(fabric, executor.as_str(), &functions, options)
                     .with_context(|| format!("allocating a worker of {executor}"))?;
                 invoke_and_print(&mut a, args, &self.input)
@@ -159,20 +169,25 @@ impl FabricUser for Invoke<'_> {
                     .lease(&LeaseRequest {
                         cores: 1,
                         memory_mib: 0,
-                        gpus: 0,
+                        gpus: args.gpus,
                         duration_ms: (args.timeout_ms * args.repeat.max(1)).max(60_000),
                         fabric: Some(args.fabric.fabric),
                     })
-                    .context("leasing a core")?;
+                    .with_context(|| match args.gpus {
+                        0 => "leasing a core".to_string(),
+                        n => format!("leasing a core and {n} GPU(s)"),
+                    })?;
                 let part = lease.parts.first().context("the lease has no part")?;
                 let result = Leased::allocate(fabric, part, &functions, None, options)
                     .with_context(|| format!("allocating on node {}", part.node_name))
                     .and_then(|mut leased| {
                         eprintln!(
-                            "rafi invoke: lease {} on node {} cores {:?}, executor ready in {:.1} ms",
+                            "rafi invoke: lease {} on node {} cores {:?} GPUs {:?}, executor \
+                             ready in {:.1} ms",
                             lease.lease,
                             part.node_name,
                             part.cores,
+                            part.gpus,
                             leased.ready.as_secs_f64() * 1e3
                         );
                         invoke_and_print(&mut leased.allocation, args, &self.input)

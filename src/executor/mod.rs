@@ -24,6 +24,7 @@ mod catalog;
 mod config;
 mod link;
 mod memory;
+mod placement;
 mod session;
 mod worker;
 
@@ -58,6 +59,8 @@ pub(crate) struct Shared<F: Fabric, C: Catalog> {
     fabric: F,
     pd: F::Pd,
     workers: Vec<WorkerHandle<F>>,
+    /// How many client links each worker serves: new allocations go to the least loaded.
+    loads: placement::WorkerLoads,
     catalog: Arc<C>,
     config: ExecutorConfig,
     /// Leased memory in use, against `config.max_memory`.
@@ -112,6 +115,7 @@ impl<F: Fabric, C: Catalog> Executor<F, C> {
         let shared = Arc::new(Shared {
             fabric,
             pd,
+            loads: placement::WorkerLoads::new(workers.len()),
             workers,
             catalog,
             config,

@@ -16,6 +16,7 @@ use crate::protocol::{
 use super::catalog::{Catalog, Target};
 use super::link::{ExecutorLink, LinkPlan};
 use super::memory::MemoryLease;
+use super::placement::Claim;
 use super::worker::Command;
 use super::Shared;
 use crate::function::{FunctionLibrary, FunctionTable};
@@ -64,8 +65,9 @@ fn serve<F: Fabric, C: Catalog>(
     let mut reader = BufReader::new(stream);
     let admitted = admit(shared, &mut reader, &mut writer, client);
     let _ = writer.set_read_timeout(None);
-    // `_memory` (the leased region, if any) lives until the control connection closes.
-    let (workers, _memory) = match admitted {
+    // `_memory` (the leased region, if any) and the claim on the workers live until the
+    // control connection closes.
+    let (claim, _memory) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => {
             if !matches!(e, SessionError::Control(ControlError::Closed)) {
@@ -78,7 +80,7 @@ fn serve<F: Fabric, C: Catalog>(
     // The allocation lives as long as the control connection: wait for it to close.
     // Nothing is defined after `ready` yet: any line is ignored, the end ends it.
     while read_message(&mut reader).is_ok() {}
-    for w in workers {
+    for &w in claim.workers() {
         shared.workers[w].send(Command::Remove(client));
     }
 }
@@ -111,12 +113,12 @@ impl SessionError {
 
 /// The handshake; returns the workers that now serve this client and its leased memory.
 #[allow(clippy::type_complexity)]
-fn admit<F: Fabric, C: Catalog>(
-    shared: &Shared<F, C>,
+fn admit<'s, F: Fabric, C: Catalog>(
+    shared: &'s Shared<F, C>,
     reader: &mut BufReader<TcpStream>,
     writer: &mut TcpStream,
     client: u64,
-) -> Result<(Vec<usize>, Option<MemoryLease<F>>), SessionError> {
+) -> Result<(Claim<'s>, Option<MemoryLease<F>>), SessionError> {
     let hello = read_message(reader)?.into_hello()?;
     let shipped = receive_libraries(shared, &hello, reader)?;
     let admission = hello.admit(shared.fabric.kind(), shared.workers.len() as u32, |name| {
@@ -163,12 +165,9 @@ fn admit<F: Fabric, C: Catalog>(
         shared.fabric.kind(),
         FabricKind::Tcp | FabricKind::Verbs
     ));
-    // Clients take turns at which worker serves their first connection, so that
-    // single-worker allocations spread over the workers.
-    let n = shared.workers.len();
-    let assigned: Vec<usize> = (0..hello.workers.len())
-        .map(|i| (client as usize + i) % n)
-        .collect();
+    // The least loaded workers; equally loaded ones take turns by client (placement.rs).
+    let claim = shared.loads.claim(hello.workers.len(), client as usize);
+    let assigned = claim.workers();
     let plan = LinkPlan {
         client,
         geometry: admission.geometry,
@@ -177,7 +176,7 @@ fn admit<F: Fabric, C: Catalog>(
         private_inputs,
     };
     let mut links = Vec::with_capacity(hello.workers.len());
-    for &w in &assigned {
+    for &w in assigned {
         let link = ExecutorLink::create(
             &shared.fabric,
             &shared.pd,
@@ -219,7 +218,7 @@ fn admit<F: Fabric, C: Catalog>(
         },
     )
     .map_err(ControlError::Io)?;
-    Ok((assigned, memory))
+    Ok((claim, memory))
 }
 
 /// The most bytes of refused libraries read (and dropped) before the refusal is sent.

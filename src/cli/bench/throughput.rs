@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use rafi::bench::cpus::format_cpu_list;
 use rafi::bench::plot::{self, Axis, Plot, Scale, Series, Units};
 use rafi::bench::throughput::{self, Stop, ThroughputConfig};
 
@@ -42,11 +43,18 @@ pub struct ThroughputArgs {
     /// How the workers wait.
     #[arg(long, value_enum, default_value_t = ModeArg::Hot)]
     pub mode: ModeArg,
-    /// The client's core [default: the first this process may use].
-    #[arg(long)]
-    pub client_cpu: Option<usize>,
+    /// Client threads, each driving its share of the workers: a number, or `auto` for one
+    /// per worker while the cores last (scaling runs need this: one thread feeds only a
+    /// few workers at full rate). Never more than the run's workers.
+    #[arg(long, default_value = "1", value_parser = parse_client_threads)]
+    pub client_threads: ClientThreads,
+    /// The client threads' cores, one thread each (the first --workers of them in a run
+    /// with fewer workers) [default: the first --client-threads cores this process may use].
+    #[arg(long, alias = "client-cpu", value_parser = parse_core_list,
+          conflicts_with = "client_threads")]
+    pub client_cpus: Option<CoreArg>,
     /// The workers' cores, one each; as many as the largest --workers [default: the cores
-    /// after the client's].
+    /// after the clients'].
     #[arg(long, value_parser = parse_core_list)]
     pub executor_cores: Option<CoreArg>,
     /// Do not time each call (saves two clock reads per invocation; no latency fields).
@@ -64,6 +72,75 @@ pub struct ThroughputArgs {
 }
 
 pub use super::cores::CoreArg;
+
+/// `--client-threads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientThreads {
+    Fixed(usize),
+    /// One per worker while the cores last.
+    Auto,
+}
+
+fn parse_client_threads(s: &str) -> Result<ClientThreads, String> {
+    match s {
+        "auto" => Ok(ClientThreads::Auto),
+        n => match n.parse::<usize>() {
+            Ok(k) if (1..=1024).contains(&k) => Ok(ClientThreads::Fixed(k)),
+            _ => Err(format!("'{s}' is not a thread count (1 to 1024) or auto")),
+        },
+    }
+}
+
+/// The client and executor cores of a run with `n` workers.
+fn cores_for(
+    args: &ThroughputArgs,
+    allowed: &[usize],
+    n: usize,
+) -> anyhow::Result<(Vec<usize>, Vec<usize>)> {
+    let clients = match (&args.client_cpus, args.client_threads) {
+        (Some(CoreArg(cpus)), _) => Some(cpus[..cpus.len().min(n)].to_vec()),
+        (None, _) if args.executor_cores.is_none() => None,
+        (None, ClientThreads::Fixed(k)) => Some(allowed[..k.min(n).min(allowed.len())].to_vec()),
+        (None, ClientThreads::Auto) => {
+            Some(allowed[..throughput::auto_client_threads(allowed.len(), n)].to_vec())
+        }
+    };
+    match (&args.executor_cores, clients) {
+        (Some(CoreArg(cores)), Some(clients)) => {
+            if cores.len() < n {
+                anyhow::bail!(
+                    "--workers {n} needs {n} executor cores, --executor-cores gives {}",
+                    cores.len()
+                );
+            }
+            Ok((clients, cores[..n].to_vec()))
+        }
+        (None, Some(clients)) => {
+            let free: Vec<usize> = allowed
+                .iter()
+                .copied()
+                .filter(|c| !clients.contains(c))
+                .collect();
+            if free.len() < n {
+                anyhow::bail!(
+                    "{n} worker(s) need {n} cores besides the client threads' {}, but this \
+                     process may use only cpus {} (give --executor-cores to share cores on \
+                     purpose)",
+                    format_cpu_list(&clients),
+                    format_cpu_list(allowed)
+                );
+            }
+            Ok((clients, free[..n].to_vec()))
+        }
+        (_, None) => {
+            let k = match args.client_threads {
+                ClientThreads::Fixed(k) => k.min(n),
+                ClientThreads::Auto => throughput::auto_client_threads(allowed.len(), n),
+            };
+            Ok(throughput::default_cores(allowed, k, n)?)
+        }
+    }
+}
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -88,28 +165,10 @@ pub fn run(args: &ThroughputArgs) -> anyhow::Result<()> {
     let mut runs = Vec::with_capacity(args.workers.len());
     for &n in &args.workers {
         let n = n as usize;
-        let (client_cpu, executor_cores) = match (&args.executor_cores, args.client_cpu) {
-            (Some(CoreArg(cores)), client) => {
-                if cores.len() < n {
-                    anyhow::bail!(
-                        "--workers {n} needs {n} executor cores, --executor-cores gives {}",
-                        cores.len()
-                    );
-                }
-                let client = match client {
-                    Some(c) => c,
-                    None => throughput::default_cores(&allowed, 0)?.0,
-                };
-                (client, cores[..n].to_vec())
-            }
-            (None, client) => {
-                let (first, cores) = throughput::default_cores(&allowed, n)?;
-                (client.unwrap_or(first), cores)
-            }
-        };
-        runs.push((n, client_cpu, executor_cores));
+        let (client_cpus, executor_cores) = cores_for(args, &allowed, n)?;
+        runs.push((n, client_cpus, executor_cores));
     }
-    for (n, client_cpu, executor_cores) in runs {
+    for (n, client_cpus, executor_cores) in runs {
         let config = ThroughputConfig {
             fabric: rafi::bench::invoke::fabric_config(
                 args.fabric.fabric,
@@ -123,7 +182,7 @@ pub fn run(args: &ThroughputArgs) -> anyhow::Result<()> {
             function: args.function.clone(),
             size: args.size,
             depth: args.depth,
-            client_cpu,
+            client_cpus,
             executor_cores,
             stop,
             warmup: args.warmup,
