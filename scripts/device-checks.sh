@@ -11,13 +11,17 @@
 #   3. concurrent clients: 1, 2, 4, 8 clients, each with a worker of its own, and all on
 #      one shared worker;
 #   4. GPU functions: scripts/gpu-check.sh (builds examples/functions/cuda with this
-#      machine's nvcc unless .device/lib has it), skipped without nvidia-smi.
+#      machine's nvcc unless .device/lib has it), skipped without nvidia-smi;
+#   5. MPI offload (examples/mpi/rust) with the carried Open MPI: a `rafi up` cluster owns
+#      the upper half of the cores, two ranks (pinned to the lower half) each price options
+#      on their threads and on as many leased remote workers: blackscholes-offload, then
+#      small-tasks-overlap.
 #
 # Usage: bash scripts/device-checks.sh [--quick] [--rounds N] [--skip-gpu]
 # Results go to $OUT (the device tool's folder) or target/device-out: device.jsonl (the
 # tagged JSON lines, as scripts/bench.sh writes them), report.md (`rafi bench report` of
 # them: the throughput and clients tables), plots.tar, gpu.log, device.log (everything
-# printed) and summary.txt (each part's outcome, the scaling efficiency per round).
+# printed), mpi.log and summary.txt (each part's outcome, the scaling efficiency per round).
 # A part that fails is reported and the others still run; the exit status is 1 if any
 # failed.
 set -uo pipefail
@@ -142,6 +146,64 @@ gpu() {
     return "${PIPESTATUS[0]}"
 }
 
+# The carried Open MPI, unpacked under /tmp (never into /), in this shell's environment.
+use_carried_mpi() {
+    local root=/tmp/rafi-mpi f
+    compgen -G ".device/debs/*.deb" >/dev/null || { echo "no .device/debs: rebuild the bundle"; return 1; }
+    rm -rf "$root" && mkdir -p "$root" || return 1
+    for f in .device/debs/*.deb; do dpkg -x "$f" "$root" || return 1; done
+    # Open MPI and PMIx find their plugins and help files from these, not from /usr.
+    export OPAL_PREFIX=$root/usr
+    export PMIX_INSTALL_PREFIX=$root/usr/lib/x86_64-linux-gnu/pmix2
+    export PMIX_MCA_mca_base_component_path=$PMIX_INSTALL_PREFIX/lib/pmix
+    export LD_LIBRARY_PATH=$root/usr/lib/x86_64-linux-gnu:$root/usr/lib/x86_64-linux-gnu/openmpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    mpirun=("$root/usr/bin/orterun" --bind-to none --oversubscribe)
+    [ "$(id -u)" -eq 0 ] && mpirun+=(--allow-run-as-root)
+    "${mpirun[@]}" -np 1 true || { echo "the carried mpirun does not run"; return 1; }
+}
+
+mpi_offload() (
+    for f in .device/bin/blackscholes-offload .device/bin/small-tasks-overlap \
+        .device/lib/librafi_example_functions.so; do
+        [ -e "$f" ] || { echo "no $f: rebuild the bundle"; exit 1; }
+    done
+    use_carried_mpi || exit 1
+    # Ranks and their threads on the lower half, the leased workers on the upper half.
+    local half=$((ncores / 2)) np=2 mode=hot
+    [ "$ncores" -ge 4 ] || { np=1; mode=warm; }
+    local threads=$((half / np)) remote=$(((ncores - half) / np))
+    [ "$threads" -ge 1 ] || threads=1
+    local ranks_cores spare_cores
+    ranks_cores=$(list "${cores[@]:0:half}")
+    spare_cores=$(list "${cores[@]:half}")
+    "$rafi" up --fabric shm --spare-cores "$spare_cores" \
+        --library "$PWD/.device/lib/librafi_example_functions.so" >/tmp/rafi-mpi-up.log 2>&1 &
+    local up=$!
+    trap 'kill -TERM $up 2>/dev/null; wait $up 2>/dev/null' EXIT
+    for _ in $(seq 100); do
+        grep -q RAFI_CLIENT_SECRET= /tmp/rafi-mpi-up.log && break
+        kill -0 "$up" 2>/dev/null || { cat /tmp/rafi-mpi-up.log; exit 1; }
+        sleep 0.1
+    done
+    local credentials
+    credentials=$(grep -o 'RAFI_RESOURCE_MANAGER=[^ ]* RAFI_CLIENT=[^ ]* RAFI_CLIENT_SECRET=[^ ]*' /tmp/rafi-mpi-up.log) ||
+        { cat /tmp/rafi-mpi-up.log; exit 1; }
+    # shellcheck disable=SC2086 # three VAR=value words
+    export $credentials
+    echo "ranks: $np on cores $ranks_cores, $threads thread(s) each; leased: $remote core(s) each of $spare_cores ($mode)"
+    : >"$out/mpi.log"
+    local ok=0 app
+    for app in blackscholes-offload small-tasks-overlap; do
+        local size=()
+        [ $app = blackscholes-offload ] && size=(--options $((1000000 * threads)))
+        taskset -c "$ranks_cores" "${mpirun[@]}" -np "$np" -x RAFI_RESOURCE_MANAGER \
+            -x RAFI_CLIENT -x RAFI_CLIENT_SECRET ".device/bin/$app" --threads "$threads" \
+            --cores "$remote" --mode "$mode" "${size[@]}" 2>&1 | tee -a "$out/mpi.log"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || ok=1
+    done
+    exit $ok
+)
+
 report() {
     "$rafi" bench report --input "$results" --markdown "$out/report.md" --plots /tmp/rafi-device-plots &&
         tar -C /tmp -cf "$out/plots.tar" rafi-device-plots
@@ -181,6 +243,7 @@ main() {
     else
         echo "SKIP  GPU functions (no nvidia-smi, or --skip-gpu)" >>"$summary"
     fi
+    part "MPI offload (examples/mpi/rust, carried Open MPI)" mpi_offload
     part "report" report
     efficiency
     printf '\n==> summary\n'

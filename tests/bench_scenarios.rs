@@ -85,7 +85,10 @@ fn report_tables_take_ratios_within_rounds() {
     // Lines from before client threads existed had one.
     assert!(row(&md, "| 1 | 1 | 2.50 M |").contains("2.50 M/s **met**"));
     // 8 M / (4 × 2.5 M) = 0.8.
-    assert!(row(&md, "| 4 | 4 | 8.00 M | 2.00 M |").contains("0.80 **met**"), "{md}");
+    assert!(
+        row(&md, "| 4 | 4 | 8.00 M | 2.00 M |").contains("0.80 **met**"),
+        "{md}"
+    );
     assert!(row(&md, "| 2 | — |").contains("not measured here"));
     assert!(row(&md, "| 14 | — |").contains("this machine has 2"));
     assert!(row(&md, "| 2 | 700 ns |").contains("sleep"));

@@ -314,6 +314,9 @@ impl<F: Fabric> Allocation<F> {
     /// on each, and hands each result to `on_result` with the input's index as it arrives
     /// (in completion order). Returns when every input has its result. An invocation that
     /// makes no progress for the allocation's timeout fails with [`InvokeError::TimedOut`].
+    /// It spins while it waits, unless [`AllocationOptions::spin`] is set: then, after that
+    /// long without a result, it sleeps on a completion channel (its core goes to the
+    /// caller's other threads, e.g. an MPI rank's compute threads).
     ///
     /// # Errors
     /// Only for the whole call, when no worker is left: the inputs not yet sent are not
@@ -322,9 +325,42 @@ impl<F: Fabric> Allocation<F> {
         &mut self,
         f: FunctionId,
         inputs: impl IntoIterator<Item = &'i [u8]>,
+        on_result: impl FnMut(usize, Result<&[u8], InvokeError>),
+    ) -> Result<(), InvokeError> {
+        self.invoke_many_with(
+            f,
+            inputs,
+            |input, area| match area.get_mut(..input.len()) {
+                Some(dst) => {
+                    dst.copy_from_slice(input);
+                    Ok(input.len())
+                }
+                None => Err(InvokeError::PayloadTooLarge {
+                    len: input.len(),
+                    max: area.len(),
+                }),
+            },
+            on_result,
+        )
+    }
+
+    /// [`Allocation::invoke_many`] with each input written in place: `encode` gets an item
+    /// and its request slot's payload area, writes the payload there (an rkyv archive
+    /// serialized straight into the slot, say: [`rafi_function::encode`]) and returns its
+    /// length. No intermediate buffer and no copy. An item whose `encode` fails with
+    /// [`InvokeError::Codec`] or [`InvokeError::PayloadTooLarge`] (the errors for an item's
+    /// own fault) gets that error in `on_result`, and the others go on.
+    ///
+    /// # Errors
+    /// As [`Allocation::invoke_many`].
+    pub fn invoke_many_with<T>(
+        &mut self,
+        f: FunctionId,
+        items: impl IntoIterator<Item = T>,
+        mut encode: impl FnMut(&T, &mut [u8]) -> Result<usize, InvokeError>,
         mut on_result: impl FnMut(usize, Result<&[u8], InvokeError>),
     ) -> Result<(), InvokeError> {
-        let mut inputs = inputs.into_iter().enumerate().peekable();
+        let mut inputs = items.into_iter().enumerate().peekable();
         let mut in_flight = 0usize;
         let timeout = self.options.timeout;
         let mut last_progress = Instant::now();
@@ -333,15 +369,18 @@ impl<F: Fabric> Allocation<F> {
             // Fill every free slot of every live worker.
             for (link, owners) in self.links.iter_mut().zip(&mut self.owners) {
                 while link.available() > 0 && inputs.peek().is_some() {
-                    let Some((index, input)) = inputs.next() else {
+                    let Some((index, item)) = inputs.next() else {
                         break;
                     };
-                    match link.start(f.0, input) {
+                    match link.start_with(f.0, |area| encode(&item, area)) {
                         Ok((slot, id)) => {
                             owners[slot as usize] = Some((index, id));
                             in_flight += 1;
                         }
-                        Err(e @ InvokeError::PayloadTooLarge { .. }) => on_result(index, Err(e)),
+                        // This input's own fault: the link goes on.
+                        Err(e @ (InvokeError::PayloadTooLarge { .. } | InvokeError::Codec(_))) => {
+                            on_result(index, Err(e))
+                        }
                         // The link died under us; the input goes to the next one.
                         Err(e) => {
                             on_result(index, Err(e));
@@ -403,9 +442,10 @@ impl<F: Fabric> Allocation<F> {
                 std::hint::spin_loop();
                 continue;
             }
+            let idle = last_progress.elapsed();
             if !self.executor_alive() {
                 self.kill_all("its control connection closed");
-            } else if last_progress.elapsed() > timeout {
+            } else if idle > timeout {
                 // Give up on everything in flight; late responses are discarded.
                 for (link, owners) in self.links.iter_mut().zip(&mut self.owners) {
                     for (slot, owner) in owners.iter_mut().enumerate() {
@@ -417,8 +457,32 @@ impl<F: Fabric> Allocation<F> {
                     }
                 }
                 last_progress = Instant::now();
+            } else if self.options.spin.is_some_and(|spin| idle >= spin) {
+                self.nap_on_a_busy_link(timeout - idle);
             }
         }
+    }
+
+    /// Sleeps on the completion channel of a worker connection with invocations in flight,
+    /// for at most `left`: 10 ms when it is the only one, 1 ms when others may finish first
+    /// (their completions do not wake this channel). What a caller gets by setting
+    /// [`AllocationOptions::spin`]: a core given back to its other threads while it waits.
+    fn nap_on_a_busy_link(&mut self, left: Duration) {
+        let mut busy = self
+            .owners
+            .iter()
+            .enumerate()
+            .filter(|(_, owners)| owners.iter().any(Option::is_some))
+            .map(|(i, _)| i);
+        let Some(first) = busy.next() else {
+            return;
+        };
+        let cap = if busy.next().is_some() {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(10)
+        };
+        self.links[first].sleep(left.min(cap));
     }
 
     /// The error of the allocation when every worker connection has failed.

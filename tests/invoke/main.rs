@@ -49,6 +49,7 @@ for_each_backend!(
     invocations_from_a_registered_input_buffer,
     oversize_input_is_refused_before_sending,
     many_in_flight_over_every_worker,
+    inputs_written_in_place_by_invoke_many_with,
     several_client_threads,
     several_client_processes,
     function_errors_and_panics_become_statuses,
@@ -59,6 +60,7 @@ for_each_backend!(
     allocation_refusals,
     warm_workers_sleep_and_wake,
     async_invocations_on_tokio,
+    invoke_many_sleeps_while_it_waits_when_asked,
     dropping_the_executor_ends_its_allocations,
 );
 
@@ -213,6 +215,50 @@ fn many_in_flight_over_every_worker<F: Fabric>(open: fn() -> F) {
     let per_worker = served(&ex);
     assert_eq!(per_worker.iter().sum::<u64>(), 3000, "{per_worker:?}");
     assert!(per_worker.iter().all(|&n| n > 0), "{per_worker:?}");
+}
+
+/// `invoke_many_with` has each input written straight into its request slot; an item
+/// whose encoder fails (a codec error, or a length past the slot) gets that error and the
+/// others are answered, on every worker.
+fn inputs_written_in_place_by_invoke_many_with<F: Fabric>(open: fn() -> F) {
+    let ex = executor(open, 2, Polling::Hot);
+    let mut a = allocate(open, ex.address(), 2);
+    let echo = a.function("echo").unwrap();
+    let expected = |i: u32| {
+        let mut v = i.to_le_bytes().to_vec();
+        v.extend(pattern(i as usize % 500, i as u8));
+        v
+    };
+    let mut results = vec![None; 1000];
+    a.invoke_many_with(
+        echo,
+        0..1000u32,
+        |&i, area| match i {
+            7 => Err(InvokeError::Codec("item 7 cannot be archived".into())),
+            11 => Ok(area.len() + 1),
+            _ => {
+                let bytes = expected(i);
+                area[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+        },
+        |i, r| {
+            assert!(results[i].is_none(), "input {i} answered twice");
+            results[i] = Some(r.map(<[u8]>::to_vec));
+        },
+    )
+    .unwrap();
+    for (i, r) in results.into_iter().enumerate() {
+        match (i, r.expect("every input answered")) {
+            (7, Err(InvokeError::Codec(m))) => assert!(m.contains("item 7")),
+            (11, Err(InvokeError::PayloadTooLarge { len, max })) => assert_eq!(len, max + 1),
+            (i, r) => assert_eq!(r.unwrap(), expected(i as u32), "input {i}"),
+        }
+    }
+    // The failed encodings gave their slots back.
+    for i in 0..50u8 {
+        assert_eq!(a.invoke("echo", &[i; 3]).unwrap(), [i; 3]);
+    }
 }
 
 fn several_client_threads<F: Fabric>(open: fn() -> F) {
@@ -573,6 +619,43 @@ fn async_invocations_on_tokio<F: Fabric>(open: fn() -> F) {
             Err(InvokeError::TimedOut(_))
         ));
     });
+}
+
+/// With `spin` set, `invoke_many` sleeps on a completion channel once it has spun that long
+/// without a result: 4 calls of 150 ms on 2 workers (about 300 ms) cost the waiting thread
+/// little CPU (a spinning wait would use all of it), and every result still arrives.
+fn invoke_many_sleeps_while_it_waits_when_asked<F: Fabric>(open: fn() -> F) {
+    let ex = executor(open, 2, Polling::WARM);
+    let mut a = allocate_with(
+        open,
+        ex.address(),
+        AllocationOptions {
+            workers: 2,
+            spin: Some(Duration::from_micros(50)),
+            timeout: Duration::from_secs(10),
+            ..AllocationOptions::default()
+        },
+    );
+    let slow = a.function("slow").unwrap();
+    let input = 150u64.to_le_bytes();
+    let mut answered = [false; 4];
+    let cpu_before = thread_cpu_time();
+    let started = Instant::now();
+    a.invoke_many(slow, [&input[..]; 4], |i, r| {
+        assert_eq!(r.unwrap(), b"", "call {i}");
+        answered[i] = true;
+    })
+    .unwrap();
+    let (cpu, wall) = (thread_cpu_time() - cpu_before, started.elapsed());
+    assert_eq!(answered, [true; 4]);
+    assert!(
+        wall >= Duration::from_millis(290),
+        "4 calls of 150 ms on 2 workers in {wall:?}"
+    );
+    assert!(
+        cpu < wall / 3,
+        "the waiting thread used {cpu:?} of CPU in {wall:?} of waiting"
+    );
 }
 
 /// CPU time the calling thread has used.

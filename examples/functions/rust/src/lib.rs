@@ -16,7 +16,10 @@
 // (`#[no_mangle]`, `unsafe extern "C"` wrappers), whose unsafe code is rafi-function's.
 
 use rafi_function::abi::{ERR_INVALID_INPUT, ERR_OUTPUT_TOO_SMALL};
-use rkyv::{Archive, Serialize};
+use rkyv::rancor::Fallible;
+use rkyv::ser::{Allocator, Writer};
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{munge::munge, Archive, Place, Serialize};
 
 /// A batch of European options, one per index: five arrays of the same length.
 #[derive(Archive, Serialize, Clone, Debug, PartialEq)]
@@ -31,6 +34,54 @@ pub struct Options {
     pub rate: Vec<f64>,
     /// Volatility, σ.
     pub volatility: Vec<f64>,
+}
+
+/// A batch of options borrowed from the caller's arrays, archived exactly as [`Options`]
+/// (its archived type is [`ArchivedOptions`]): a client serializes it straight from its
+/// own data into a request slot (`Allocation::invoke_many_with` with
+/// [`rafi_function::encode`]) without first copying the arrays into an `Options`.
+#[derive(Clone, Copy, Debug)]
+pub struct OptionsView<'a> {
+    pub spot: &'a [f64],
+    pub strike: &'a [f64],
+    pub time: &'a [f64],
+    pub rate: &'a [f64],
+    pub volatility: &'a [f64],
+}
+
+/// Where [`OptionsView`]'s five arrays were written.
+pub struct OptionsViewResolver {
+    spot: VecResolver,
+    strike: VecResolver,
+    time: VecResolver,
+    rate: VecResolver,
+    volatility: VecResolver,
+}
+
+impl Archive for OptionsView<'_> {
+    type Archived = ArchivedOptions;
+    type Resolver = OptionsViewResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        munge!(let ArchivedOptions { spot, strike, time, rate, volatility } = out);
+        ArchivedVec::resolve_from_slice(self.spot, resolver.spot, spot);
+        ArchivedVec::resolve_from_slice(self.strike, resolver.strike, strike);
+        ArchivedVec::resolve_from_slice(self.time, resolver.time, time);
+        ArchivedVec::resolve_from_slice(self.rate, resolver.rate, rate);
+        ArchivedVec::resolve_from_slice(self.volatility, resolver.volatility, volatility);
+    }
+}
+
+impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for OptionsView<'_> {
+    fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
+        Ok(OptionsViewResolver {
+            spot: ArchivedVec::serialize_from_slice(self.spot, s)?,
+            strike: ArchivedVec::serialize_from_slice(self.strike, s)?,
+            time: ArchivedVec::serialize_from_slice(self.time, s)?,
+            rate: ArchivedVec::serialize_from_slice(self.rate, s)?,
+            volatility: ArchivedVec::serialize_from_slice(self.volatility, s)?,
+        })
+    }
 }
 
 /// Call prices of a batch, in the batch's order.
@@ -155,4 +206,51 @@ rafi_function::export! {
     "blackscholes" => fallible price_batch,
     "matmul" => fallible multiply,
     "panic" => raw always_panic,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rkyv::util::AlignedVec;
+
+    /// The same archive as the owned type, byte for byte, so the function (which checks
+    /// and reads an `ArchivedOptions`) cannot tell them apart.
+    #[test]
+    fn an_options_view_archives_exactly_as_options() {
+        let n = 1000;
+        let column = |k: f64| (0..n).map(|i| k + i as f64 * 0.01).collect::<Vec<_>>();
+        let owned = Options {
+            spot: column(100.0),
+            strike: column(95.0),
+            time: column(0.5),
+            rate: column(0.01),
+            volatility: column(0.2),
+        };
+        let view = OptionsView {
+            spot: &owned.spot,
+            strike: &owned.strike,
+            time: &owned.time,
+            rate: &owned.rate,
+            volatility: &owned.volatility,
+        };
+        let mut a = AlignedVec::<16>::with_capacity(64 << 10);
+        a.resize(64 << 10, 0);
+        let mut b = a.clone();
+        let len_a = rafi_function::encode(&owned, &mut a).unwrap();
+        let len_b = rafi_function::encode(&view, &mut b).unwrap();
+        assert_eq!(a[..len_a], b[..len_b]);
+        let archived = rafi_function::decode::<ArchivedOptions>(&b[..len_b]).unwrap();
+        let prices = price_batch(archived).unwrap();
+        assert_eq!(prices.call.len(), n);
+        assert_eq!(
+            prices.call[7],
+            call_price(
+                owned.spot[7],
+                owned.strike[7],
+                owned.time[7],
+                0.01 + 0.07,
+                0.2 + 0.07
+            )
+        );
+    }
 }

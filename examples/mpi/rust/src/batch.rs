@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use rafi_example_functions::{call_price, Options};
+use rafi_example_functions::{call_price, OptionsView};
 
 /// Options as five parallel arrays (the layout of the function's input).
 #[derive(Clone, Debug, Default)]
@@ -45,14 +45,15 @@ impl OptionBatch {
         self.spot.is_empty()
     }
 
-    /// The options of `range` as the function's input type (copies them).
-    pub fn to_options(&self, range: Range<usize>) -> Options {
-        Options {
-            spot: self.spot[range.clone()].to_vec(),
-            strike: self.strike[range.clone()].to_vec(),
-            time: self.time[range.clone()].to_vec(),
-            rate: self.rate[range.clone()].to_vec(),
-            volatility: self.volatility[range].to_vec(),
+    /// The options of `range`, borrowed, archived as the function's input type (no copy
+    /// until they are serialized, straight into a request slot).
+    pub fn view(&self, range: Range<usize>) -> OptionsView<'_> {
+        OptionsView {
+            spot: &self.spot[range.clone()],
+            strike: &self.strike[range.clone()],
+            time: &self.time[range.clone()],
+            rate: &self.rate[range.clone()],
+            volatility: &self.volatility[range],
         }
     }
 

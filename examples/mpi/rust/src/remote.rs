@@ -1,12 +1,13 @@
 //! Offloading Black-Scholes batches: cut a range of options into chunks that fit a slot,
-//! archive each (rkyv, the function's input type), invoke them over every node's
-//! allocation at once, and copy the prices out of the response slots.
+//! archive each (rkyv, the function's input type) straight into its request slot, invoke
+//! them over every node's allocation at once, and copy the prices out of the response
+//! slots.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use rafi::client::Allocation;
+use rafi::client::{Allocation, InvokeError};
 use rafi::fabric::Fabric;
 use rafi_example_functions::ArchivedPrices;
 
@@ -42,8 +43,28 @@ pub fn chunks(range: Range<usize>, per_chunk: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// Archives the options of each chunk as the function's input, each at most `max_payload`
-/// bytes.
+/// Archives the options of `range` of `batch` as the function's input at the start of
+/// `area` (a request slot's payload area, [`Allocation::invoke_many_with`]) and returns the
+/// archive's length.
+///
+/// # Errors
+/// [`InvokeError::PayloadTooLarge`] when the archive does not fit `area`.
+pub fn encode_range(
+    batch: &OptionBatch,
+    range: &Range<usize>,
+    area: &mut [u8],
+) -> Result<usize, InvokeError> {
+    rafi_function::encode(&batch.view(range.clone()), area).map_err(|e| match e {
+        rafi_function::EncodeError::OutputTooSmall => InvokeError::PayloadTooLarge {
+            len: payload_for(range.len()),
+            max: area.len(),
+        },
+        other => InvokeError::Codec(format!("archiving options {range:?}: {other:?}")),
+    })
+}
+
+/// Archives the options of each chunk as the function's input into buffers of their own,
+/// each at most `max_payload` bytes: for data archived once and invoked later.
 ///
 /// # Errors
 /// When a chunk does not fit `max_payload` bytes.
@@ -56,13 +77,37 @@ pub fn encode_chunks(
         .iter()
         .map(|range| {
             let mut bytes = vec![0u8; max_payload];
-            let len = rafi_function::encode(&batch.to_options(range.clone()), &mut bytes).map_err(
-                |e| anyhow!("archiving options {range:?} into {max_payload} B failed: {e:?}"),
-            )?;
+            let len = encode_range(batch, range, &mut bytes)
+                .map_err(|e| anyhow!("archiving options {range:?} into {max_payload} B: {e}"))?;
             bytes.truncate(len);
             Ok(bytes)
         })
         .collect()
+}
+
+/// Writes an input archived already into its request slot.
+///
+/// # Errors
+/// [`InvokeError::PayloadTooLarge`] when it does not fit.
+pub fn copy_input(input: &[u8], area: &mut [u8]) -> Result<usize, InvokeError> {
+    let max = area.len();
+    let dst = area
+        .get_mut(..input.len())
+        .ok_or(InvokeError::PayloadTooLarge {
+            len: input.len(),
+            max,
+        })?;
+    dst.copy_from_slice(input);
+    Ok(input.len())
+}
+
+/// Where [`invoke_spread`]'s thread time went, summed over its threads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spent {
+    /// Writing the inputs into the request slots (`encode`).
+    pub encode: Duration,
+    /// Handling the responses (`handle`).
+    pub handle: Duration,
 }
 
 /// Copies the prices of an archived `Prices` response into `out`.
@@ -85,20 +130,21 @@ pub fn decode_prices(response: &[u8], out: &mut [f64]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Invokes `function` on every input, input `i` on allocation `i mod n`, all allocations
-/// at once (one thread each, `invoke_many` keeping every slot busy), and hands each
-/// response to `handle` with the input's target. Returns the time spent in `handle`.
+/// Invokes `function` on every item, item `i` on allocation `i mod n`, all allocations at
+/// once (one thread each, `invoke_many_with` keeping every slot busy and `encode` writing
+/// each item's input straight into its request slot), and hands each response to `handle`
+/// with the item's target. Returns the time spent in `encode` and in `handle`.
 ///
 /// # Errors
-/// The first failed invocation or `handle` error (by input index); every input is
-/// attempted.
-pub fn invoke_spread<F: Fabric, T: Send>(
+/// The first failed invocation or `handle` error (by item index); every item is attempted.
+pub fn invoke_spread<F: Fabric, I: Sync, T: Send>(
     allocations: &mut [&mut Allocation<F>],
     function: &str,
-    inputs: &[Vec<u8>],
+    inputs: &[I],
+    encode: impl Fn(&I, &mut [u8]) -> Result<usize, InvokeError> + Sync,
     targets: Vec<T>,
     handle: impl Fn(&[u8], &mut T) -> anyhow::Result<()> + Sync,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<Spent> {
     if allocations.is_empty() {
         bail!("no remote allocation to invoke {function} on");
     }
@@ -106,18 +152,18 @@ pub fn invoke_spread<F: Fabric, T: Send>(
         bail!("{} inputs but {} targets", inputs.len(), targets.len());
     }
     let n = allocations.len();
-    // Each allocation's share: (input index, input, target).
-    let mut shares: Vec<Vec<(usize, &[u8], T)>> = (0..n).map(|_| Vec::new()).collect();
+    // Each allocation's share: (item index, item, target).
+    let mut shares: Vec<Vec<(usize, &I, T)>> = (0..n).map(|_| Vec::new()).collect();
     for (i, (input, target)) in inputs.iter().zip(targets).enumerate() {
-        shares[i % n].push((i, input.as_slice(), target));
+        shares[i % n].push((i, input, target));
     }
-    let handle = &handle;
-    let outcomes: Vec<anyhow::Result<Duration>> = std::thread::scope(|s| {
+    let (encode, handle) = (&encode, &handle);
+    let outcomes: Vec<anyhow::Result<Spent>> = std::thread::scope(|s| {
         let threads: Vec<_> = allocations
             .iter_mut()
             .zip(shares)
             .map(|(allocation, share)| {
-                s.spawn(move || invoke_share(allocation, function, share, handle))
+                s.spawn(move || invoke_share(allocation, function, share, encode, handle))
             })
             .collect();
         threads
@@ -128,42 +174,56 @@ pub fn invoke_spread<F: Fabric, T: Send>(
             })
             .collect()
     });
-    let mut handling = Duration::ZERO;
+    let mut spent = Spent::default();
     for outcome in outcomes {
-        handling += outcome?;
+        let s = outcome?;
+        spent.encode += s.encode;
+        spent.handle += s.handle;
     }
-    Ok(handling)
+    Ok(spent)
 }
 
 /// One allocation's part of [`invoke_spread`].
-fn invoke_share<F: Fabric, T>(
+fn invoke_share<F: Fabric, I, T>(
     allocation: &mut Allocation<F>,
     function: &str,
-    mut share: Vec<(usize, &[u8], T)>,
+    mut share: Vec<(usize, &I, T)>,
+    encode: &(impl Fn(&I, &mut [u8]) -> Result<usize, InvokeError> + Sync),
     handle: &(impl Fn(&[u8], &mut T) -> anyhow::Result<()> + Sync),
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<Spent> {
     let f = allocation.function(function)?;
-    let inputs: Vec<&[u8]> = share.iter().map(|(_, input, _)| *input).collect();
+    let inputs: Vec<&I> = share.iter().map(|(_, input, _)| *input).collect();
     let mut first_error: Option<(usize, anyhow::Error)> = None;
     let mut handling = Duration::ZERO;
+    let mut encoding = Duration::ZERO;
     let mut answered = 0usize;
     allocation
-        .invoke_many(f, inputs, |k, result| {
-            answered += 1;
-            let (index, _, target) = &mut share[k];
-            let outcome = result.map_err(anyhow::Error::from).and_then(|response| {
+        .invoke_many_with(
+            f,
+            inputs,
+            |input, area| {
                 let started = Instant::now();
-                let r = handle(response, target);
-                handling += started.elapsed();
-                r
-            });
-            if let Err(e) = outcome {
-                match &first_error {
-                    Some((i, _)) if *i < *index => {}
-                    _ => first_error = Some((*index, e)),
+                let len = encode(input, area);
+                encoding += started.elapsed();
+                len
+            },
+            |k, result| {
+                answered += 1;
+                let (index, _, target) = &mut share[k];
+                let outcome = result.map_err(anyhow::Error::from).and_then(|response| {
+                    let started = Instant::now();
+                    let r = handle(response, target);
+                    handling += started.elapsed();
+                    r
+                });
+                if let Err(e) = outcome {
+                    match &first_error {
+                        Some((i, _)) if *i < *index => {}
+                        _ => first_error = Some((*index, e)),
+                    }
                 }
-            }
-        })
+            },
+        )
         .with_context(|| format!("invoking {function}"))?;
     if let Some((index, e)) = first_error {
         return Err(e.context(format!("invocation {index} of {function}")));
@@ -175,7 +235,10 @@ fn invoke_share<F: Fabric, T>(
             share.len()
         );
     }
-    Ok(handling)
+    Ok(Spent {
+        encode: encoding,
+        handle: handling,
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use rafi_mpi_examples::ranks::{
     all_succeeded, max_over_ranks, own_or_other_failure, run_on_fabric, sum_over_ranks,
 };
 use rafi_mpi_examples::remote::{
-    chunks, decode_prices, encode_chunks, invoke_spread, options_per_chunk, NOOP_FUNCTION,
+    chunks, decode_prices, encode_range, invoke_spread, options_per_chunk, NOOP_FUNCTION,
     PRICE_FUNCTION,
 };
 use rafi_mpi_examples::stats::{median_secs, ratio};
@@ -86,8 +86,10 @@ struct Sample {
     hybrid: Duration,
     local_part: Duration,
     remote_part: Duration,
+    /// Archiving the remote chunks straight into their request slots.
     encode: Duration,
     decode: Duration,
+    /// The same invocations of `noop`, less their archiving: transfers and calls.
     noop_calls: Duration,
 }
 
@@ -112,7 +114,7 @@ impl<C: Communicator> FabricUser for App<'_, C> {
                 &[PRICE_FUNCTION, NOOP_FUNCTION],
                 &options,
             )?;
-            Ok((workers, max_payload, per_chunk))
+            Ok((workers, per_chunk))
         });
         if !all_succeeded(world, setup.is_ok()) {
             return Err(own_or_other_failure(
@@ -120,7 +122,7 @@ impl<C: Communicator> FabricUser for App<'_, C> {
                 "setting up the remote workers",
             ));
         }
-        let (mut workers, max_payload, per_chunk) = setup?;
+        let (mut workers, per_chunk) = setup?;
 
         let n = usize::try_from(args.options).context("--options")?;
         let threads = args.threads as usize;
@@ -130,7 +132,7 @@ impl<C: Communicator> FabricUser for App<'_, C> {
         let remote_ranges = chunks(n - n_remote..n, per_chunk);
 
         // Warm-up (untimed): every worker prices a chunk, so no first-call cost is timed.
-        let warm_up = warm_up(&mut workers, &batch, &remote_ranges, max_payload);
+        let warm_up = warm_up(&mut workers, &batch, &remote_ranges);
         if !all_succeeded(world, warm_up.is_ok()) {
             return Err(own_or_other_failure(warm_up, "the warm-up invocations"));
         }
@@ -153,7 +155,6 @@ impl<C: Communicator> FabricUser for App<'_, C> {
                 &batch,
                 &local_range,
                 &remote_ranges,
-                max_payload,
                 threads,
                 &mut prices,
                 &mut sample,
@@ -161,17 +162,17 @@ impl<C: Communicator> FabricUser for App<'_, C> {
             // The same invocations with a function that does nothing: what the transfers
             // and the calls cost without the pricing.
             let noop = hybrid.and_then(|()| {
-                let inputs = encode_chunks(&batch, &remote_ranges, max_payload)?;
                 world.barrier();
                 let started = Instant::now();
-                invoke_spread(
+                let spent = invoke_spread(
                     &mut workers.allocations(),
                     NOOP_FUNCTION,
-                    &inputs,
-                    vec![(); inputs.len()],
+                    &remote_ranges,
+                    |range, area| encode_range(&batch, range, area),
+                    vec![(); remote_ranges.len()],
                     |_, _| Ok(()),
                 )?;
-                sample.noop_calls = started.elapsed();
+                sample.noop_calls = started.elapsed().saturating_sub(spent.encode);
                 Ok(())
             });
             let checked = noop.and_then(|()| {
@@ -250,35 +251,33 @@ fn warm_up<F: Fabric>(
     workers: &mut RemoteWorkers<F>,
     batch: &OptionBatch,
     remote_ranges: &[std::ops::Range<usize>],
-    max_payload: usize,
 ) -> anyhow::Result<()> {
     let first: Vec<_> = remote_ranges
         .iter()
         .take(workers.worker_count())
         .cloned()
         .collect();
-    let inputs = encode_chunks(batch, &first, max_payload)?;
     let mut out: Vec<Vec<f64>> = first.iter().map(|r| vec![0.0; r.len()]).collect();
     let targets: Vec<&mut [f64]> = out.iter_mut().map(Vec::as_mut_slice).collect();
     invoke_spread(
         &mut workers.allocations(),
         PRICE_FUNCTION,
-        &inputs,
+        &first,
+        |range, area| encode_range(batch, range, area),
         targets,
         |r, out| decode_prices(r, out),
     )?;
     Ok(())
 }
 
-/// Prices the local range on local threads while this thread archives the remote chunks,
-/// invokes them and copies their prices out; fills `prices` and the times of `sample`.
-#[allow(clippy::too_many_arguments)]
+/// Prices the local range on local threads while this thread invokes the remote chunks
+/// (each archived straight into its request slot) and copies their prices out; fills
+/// `prices` and the times of `sample`.
 fn hybrid_run<F: Fabric>(
     workers: &mut RemoteWorkers<F>,
     batch: &OptionBatch,
     local_range: &std::ops::Range<usize>,
     remote_ranges: &[std::ops::Range<usize>],
-    max_payload: usize,
     threads: usize,
     prices: &mut [f64],
     sample: &mut Sample,
@@ -298,8 +297,6 @@ fn hybrid_run<F: Fabric>(
                 return Ok((Duration::ZERO, Duration::ZERO, Duration::ZERO));
             }
             let started = Instant::now();
-            let inputs = encode_chunks(batch, remote_ranges, max_payload)?;
-            let encode = started.elapsed();
             let mut targets = Vec::with_capacity(remote_ranges.len());
             let mut rest = &mut *remote_prices;
             for r in remote_ranges {
@@ -307,14 +304,15 @@ fn hybrid_run<F: Fabric>(
                 targets.push(chunk);
                 rest = tail;
             }
-            let decode = invoke_spread(
+            let spent = invoke_spread(
                 &mut workers.allocations(),
                 PRICE_FUNCTION,
-                &inputs,
+                remote_ranges,
+                |range, area| encode_range(batch, range, area),
                 targets,
                 |r, out| decode_prices(r, out),
             )?;
-            Ok((started.elapsed(), encode, decode))
+            Ok((started.elapsed(), spent.encode, spent.handle))
         })();
         sample.local_part = local.join().unwrap_or_default();
         remote
@@ -381,7 +379,10 @@ impl Report {
             "  invocation overhead       {}",
             ms(self.invocation_overhead_s)
         );
-        println!("    archiving inputs        {}", ms(self.encode_s));
+        println!(
+            "    archiving inputs        {}   (straight into the request slots)",
+            ms(self.encode_s)
+        );
         println!(
             "    transfers + calls       {}   (the same invocations of noop)",
             ms(self.noop_invocations_s)

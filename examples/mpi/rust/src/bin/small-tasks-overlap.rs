@@ -18,7 +18,7 @@ use rafi_mpi_examples::ranks::{
     all_succeeded, max_over_ranks, own_or_other_failure, run_on_fabric, sum_over_ranks,
 };
 use rafi_mpi_examples::remote::{
-    decode_prices, encode_chunks, invoke_spread, payload_for, PRICE_FUNCTION,
+    copy_input, decode_prices, encode_chunks, invoke_spread, payload_for, PRICE_FUNCTION,
 };
 use rafi_mpi_examples::stats::{median_secs, overlap_fraction, ratio};
 use serde::Serialize;
@@ -278,6 +278,7 @@ fn offload<F: Fabric>(
         &mut workers.allocations(),
         PRICE_FUNCTION,
         inputs,
+        |input, area| copy_input(input, area),
         targets,
         |r, out| decode_prices(r, out),
     )?;
