@@ -115,6 +115,7 @@ impl From<LeasedAllocateError> for Failure {
                 _ => Code::Alloc,
             },
             LeasedAllocateError::Protocol { .. } => Code::Protocol,
+            LeasedAllocateError::Ended { .. } => Code::ExecutorGone,
             LeasedAllocateError::Allocate(a) => match a {
                 AllocateError::Connect { .. } => Code::Connect,
                 AllocateError::Fabric(_) => Code::Fabric,

@@ -228,9 +228,10 @@ impl Setup {
             .env("RAFI_CLIENT_SECRET", self.client_secret())
             .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
         // hello_offload's renewal check: its short lease must outlast setting up an
-        // allocation, which takes seconds in the emulated guest.
+        // allocation, which takes seconds in the emulated guest (8 s was once too short:
+        // the lease expired while the client was still connecting to its executor).
         if in_rxe_vm() {
-            command.env("RAFI_EXAMPLE_SHORT_LEASE", "8");
+            command.env("RAFI_EXAMPLE_SHORT_LEASE", "20");
         }
         command
     }

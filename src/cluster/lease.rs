@@ -102,6 +102,10 @@ pub enum LeasedAllocateError {
     },
     #[error("the executor manager of node {node}: {message}")]
     Protocol { node: String, message: String },
+    /// The executor ended while the client was still connecting to it (the lease expired
+    /// or ended, the executor died), as its manager said.
+    #[error("the executor of node {node} ended before the allocation was ready: {reason}")]
+    Ended { node: String, reason: String },
     #[error(transparent)]
     Allocate(#[from] AllocateError),
 }
@@ -150,9 +154,10 @@ impl<F: Fabric> Leased<F> {
         mut options: AllocationOptions,
     ) -> Result<Self, LeasedAllocateError> {
         let started = Instant::now();
-        let (manager, executor, spawn_ns) = start_executor(part, mode)?;
+        let (mut manager, executor, spawn_ns) = start_executor(part, mode)?;
         options.workers = part.cores.len().max(1);
-        let allocation = Allocation::connect(fabric, executor.as_str(), functions, options)?;
+        let allocation = Allocation::connect(fabric, executor.as_str(), functions, options)
+            .map_err(|e| why_it_failed(&mut manager, part, e.into()))?;
         Ok(Self {
             allocation,
             spawn: Duration::from_nanos(spawn_ns),
@@ -212,6 +217,31 @@ impl<F: Fabric> Leased<F> {
             Err(e) if answer.is_empty() => Err(protocol(format!("closed the connection ({e})"))),
             Err(e) => Err(protocol(format!("malformed answer {answer:?}: {e}"))),
         }
+    }
+}
+
+/// The error of an allocation whose connection to its executor failed: when the manager
+/// says the executor ended meanwhile (say, the lease expired during a slow start), that,
+/// else `error` as it is.
+fn why_it_failed(
+    manager: &mut BufReader<TcpStream>,
+    part: &LeasePart,
+    error: LeasedAllocateError,
+) -> LeasedAllocateError {
+    // The manager sends its notice before it closes; a live one has nothing to say.
+    let _ = manager
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(500)));
+    let mut line = String::new();
+    match manager.read_line(&mut line) {
+        Ok(n) if n > 0 => match serde_json::from_str::<ManagerMessage>(&line) {
+            Ok(ManagerMessage::ExecutorEnded { reason }) => LeasedAllocateError::Ended {
+                node: part.node_name.clone(),
+                reason,
+            },
+            _ => error,
+        },
+        _ => error,
     }
 }
 
@@ -294,13 +324,79 @@ impl<F: Fabric> LeasedMemory<F> {
         options: MemoryOptions,
     ) -> Result<Self, LeasedAllocateError> {
         let started = Instant::now();
-        let (manager, executor, spawn_ns) = start_executor(part, Some("warm"))?;
-        let memory = RemoteMemory::connect(fabric, executor.as_str(), options)?;
+        let (mut manager, executor, spawn_ns) = start_executor(part, Some("warm"))?;
+        let memory = RemoteMemory::connect(fabric, executor.as_str(), options)
+            .map_err(|e| why_it_failed(&mut manager, part, e.into()))?;
         Ok(Self {
             memory,
             spawn: Duration::from_nanos(spawn_ns),
             ready: started.elapsed(),
             _manager: manager,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::FabricKind;
+    use std::net::TcpListener;
+
+    fn part() -> LeasePart {
+        LeasePart {
+            node: 1,
+            node_name: "n1".into(),
+            manager_address: String::new(),
+            fabric: FabricKind::Shm,
+            cores: vec![0],
+            memory_mib: 0,
+            gpus: vec![],
+            token: String::new(),
+        }
+    }
+
+    /// A connected pair: (the client's reader, the manager's end).
+    fn pair() -> (BufReader<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (BufReader::new(client), listener.accept().unwrap().0)
+    }
+
+    fn failed() -> LeasedAllocateError {
+        LeasedAllocateError::Allocate(AllocateError::Invalid("the handshake broke".into()))
+    }
+
+    /// A lease that expires while the client still connects to its executor: the
+    /// client's error says so (the manager's notice), not only that a connection broke.
+    #[test]
+    fn the_managers_notice_explains_a_failed_connection() {
+        let (mut reader, mut manager) = pair();
+        let notice = ManagerMessage::ExecutorEnded {
+            reason: "the lease expired".into(),
+        };
+        writeln!(manager, "{}", serde_json::to_string(&notice).unwrap()).unwrap();
+        let e = why_it_failed(&mut reader, &part(), failed());
+        assert!(
+            matches!(&e, LeasedAllocateError::Ended { reason, .. } if reason == "the lease expired")
+        );
+        assert!(
+            e.to_string()
+                .contains("n1 ended before the allocation was ready"),
+            "{e}"
+        );
+
+        // No notice (a live manager), or something else: the error as it was.
+        let (mut reader, manager) = pair();
+        assert!(matches!(
+            why_it_failed(&mut reader, &part(), failed()),
+            LeasedAllocateError::Allocate(_)
+        ));
+        drop(manager);
+        let (mut reader, mut manager) = pair();
+        writeln!(manager, "not json").unwrap();
+        assert!(matches!(
+            why_it_failed(&mut reader, &part(), failed()),
+            LeasedAllocateError::Allocate(_)
+        ));
     }
 }
