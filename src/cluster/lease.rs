@@ -228,7 +228,15 @@ fn why_it_failed(
     part: &LeasePart,
     error: LeasedAllocateError,
 ) -> LeasedAllocateError {
-    // The manager sends its notice before it closes; a live one has nothing to say.
+    // An executor that answered (refused, or was asked for nonsense) was alive.
+    if matches!(
+        error,
+        LeasedAllocateError::Allocate(AllocateError::Refused(_) | AllocateError::Invalid(_))
+    ) {
+        return error;
+    }
+    // The manager sends its notice before it closes; a live one has nothing to say (and
+    // is given half a second to say it).
     let _ = manager
         .get_ref()
         .set_read_timeout(Some(Duration::from_millis(500)));
@@ -363,7 +371,7 @@ mod tests {
     }
 
     fn failed() -> LeasedAllocateError {
-        LeasedAllocateError::Allocate(AllocateError::Invalid("the handshake broke".into()))
+        LeasedAllocateError::Allocate(AllocateError::Control(crate::control::ControlError::Closed))
     }
 
     /// A lease that expires while the client still connects to its executor: the
@@ -398,5 +406,17 @@ mod tests {
             why_it_failed(&mut reader, &part(), failed()),
             LeasedAllocateError::Allocate(_)
         ));
+        // An executor that refused was alive: the manager is not asked (its line is
+        // left unread), so a refusal is reported without waiting for a notice.
+        let (mut reader, mut manager) = pair();
+        writeln!(manager, "{}", serde_json::to_string(&notice).unwrap()).unwrap();
+        let refused = LeasedAllocateError::Allocate(AllocateError::Invalid("no".into()));
+        assert!(matches!(
+            why_it_failed(&mut reader, &part(), refused),
+            LeasedAllocateError::Allocate(AllocateError::Invalid(_))
+        ));
+        let mut unread = String::new();
+        reader.read_line(&mut unread).unwrap();
+        assert!(unread.contains("executor_ended"), "{unread:?}");
     }
 }
