@@ -181,6 +181,11 @@ impl Setup {
         };
         let mut config = LocalClusterConfig::new(fabric, nodes);
         config.executor_binary = rafi_binary(&out_dir);
+        if in_rxe_vm() {
+            // Starting an executor on verbs in the emulated guest took more than the
+            // default 10 s once, while both ranks started theirs at the same time.
+            config.spawn_timeout = std::time::Duration::from_secs(60);
+        }
         config.libraries = vec![
             functions.join("libecho.so"),
             functions.join("libblackscholes.so"),

@@ -25,6 +25,9 @@ pub struct LocalClusterConfig {
     /// The `rafi` binary that runs executors.
     pub executor_binary: PathBuf,
     pub heartbeat_interval: Duration,
+    /// How long a manager waits for a new executor to listen (an emulated machine can
+    /// take far longer than the default).
+    pub spawn_timeout: Duration,
 }
 
 impl LocalClusterConfig {
@@ -38,6 +41,7 @@ impl LocalClusterConfig {
             database: PathBuf::from(":memory:"),
             executor_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rafi")),
             heartbeat_interval: Duration::from_millis(500),
+            spawn_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -107,6 +111,7 @@ impl LocalCluster {
             c.memory_mib = memory_per_node;
             c.gpus = Vec::new();
             c.executor_binary = config.executor_binary.clone();
+            c.spawn_timeout = config.spawn_timeout;
             for lib in &config.libraries {
                 c.executor_args
                     .extend(["--library".into(), lib.display().to_string()]);
